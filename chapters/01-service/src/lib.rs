@@ -1,0 +1,19 @@
+//! A key-value server, built one chapter at a time.
+//!
+//! This chapter holds the core that every later chapter keeps: the
+//! protocol ([`CommandRequest`], [`CommandResponse`]), the errors
+//! ([`KvError`]), where data lives ([`Storage`], [`MemTable`]) and the
+//! [`Service`] that turns a request into a response.
+
+mod error;
+mod pb;
+mod service;
+mod storage;
+
+pub use error::KvError;
+pub use pb::abi::{
+    CommandRequest, CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset,
+    Hset, Kvpair, Value, command_request::RequestData, value,
+};
+pub use service::{CommandService, Service};
+pub use storage::{MemTable, Storage, StorageIter};

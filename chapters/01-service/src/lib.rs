@@ -1,9 +1,8 @@
 //! A key-value server, built one chapter at a time.
 //!
-//! This chapter holds the core that every later chapter keeps: the
-//! protocol ([`CommandRequest`], [`CommandResponse`]), the errors
-//! ([`KvError`]), where data lives ([`Storage`], [`MemTable`]) and the
-//! [`Service`] that turns a request into a response.
+//! So far: the protocol ([`CommandRequest`], [`CommandResponse`]), the
+//! errors ([`KvError`]), where data lives ([`Storage`], with [`MemTable`]
+//! in memory) and the [`Service`] that turns a request into a response.
 
 mod error;
 mod pb;

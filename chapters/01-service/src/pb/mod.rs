@@ -102,6 +102,7 @@ impl CommandRequest {
     }
 }
 
+// ANCHOR: request_from
 // Every command converts into a request that carries it.
 macro_rules! request_from_command {
     ($($command:ident),+ $(,)?) => {

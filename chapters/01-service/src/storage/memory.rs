@@ -79,7 +79,9 @@ mod tests {
     use super::*;
     use crate::storage::conformance::storage_conformance;
 
+    // ANCHOR: run_conformance
     storage_conformance!(MemTable::new());
+    // ANCHOR_END: run_conformance
 
     #[test]
     fn reading_a_missing_table_does_not_create_it() {

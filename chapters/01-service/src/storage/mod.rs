@@ -85,6 +85,7 @@ pub(crate) mod conformance {
         assert_eq!(collected, expected);
     }
 
+    // ANCHOR: missing_table
     pub fn missing_table_is_empty(store: &impl Storage) {
         assert_eq!(store.get("nowhere", "k").unwrap(), None);
         assert!(!store.contains("nowhere", "k").unwrap());
@@ -92,6 +93,7 @@ pub(crate) mod conformance {
         assert!(store.get_all("nowhere").unwrap().is_empty());
         assert_eq!(store.iter("nowhere").unwrap().count(), 0);
     }
+    // ANCHOR_END: missing_table
 
     pub fn every_value_type_round_trips(store: &impl Storage) {
         let values: [Value; 6] = [
@@ -113,6 +115,7 @@ pub(crate) mod conformance {
         }
     }
 
+    // ANCHOR: conformance_macro
     /// Expands to one `#[test]` per conformance test, each given a fresh
     /// storage made by `$make`.
     macro_rules! storage_conformance {
@@ -138,4 +141,5 @@ pub(crate) mod conformance {
         };
     }
     pub(crate) use storage_conformance;
+    // ANCHOR_END: conformance_macro
 }

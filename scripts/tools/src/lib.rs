@@ -1,0 +1,10 @@
+//! Tooling of the KV server course: diffs between chapters, generated diff
+//! files for the book, and checks that the book shows what the chapters do.
+
+pub mod checks;
+pub mod diff;
+pub mod includes;
+pub mod lockstep;
+pub mod pages;
+pub mod repo;
+pub mod report;

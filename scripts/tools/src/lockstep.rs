@@ -1,0 +1,263 @@
+//! The chapters move in lockstep: a crate they share is locked at the same
+//! versions and declared with the same spec in every chapter, so the shared
+//! target directory builds it once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use anyhow::{Context, Result};
+use toml::{Table, Value};
+
+use crate::repo::{self, Chapter, Repo};
+use crate::report::Problem;
+
+/// The dependency tables compared between chapters.
+const SECTIONS: [&str; 3] = ["dependencies", "dev-dependencies", "build-dependencies"];
+
+/// Runs both lockstep checks over the chapters.
+pub fn check(repo: &Repo) -> Result<Vec<Problem>> {
+    let chapters = repo.chapters()?;
+    let mut problems = check_locks(repo, &chapters)?;
+    problems.extend(check_manifests(repo, &chapters)?);
+    Ok(problems)
+}
+
+/// A TOML file of a chapter, parsed.
+struct Parsed {
+    chapter: String,
+    path: String,
+    text: String,
+    table: Table,
+}
+
+fn parse(repo: &Repo, chapter: &Chapter, file: &str) -> Result<Option<Parsed>> {
+    let abs = chapter.dir.join(file);
+    if !abs.is_file() {
+        return Ok(None);
+    }
+    let text = repo::read_string(&abs)?;
+    let table: Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", abs.display()))?;
+    Ok(Some(Parsed {
+        chapter: chapter.name.clone(),
+        path: repo.rel(&abs),
+        text,
+        table,
+    }))
+}
+
+/// The 1-based line of the first line of `text` that starts with `prefix`.
+fn line_of(text: &str, prefix: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(prefix))
+        .map(|i| i + 1)
+}
+
+fn problem(file: &Parsed, line: Option<usize>, message: String) -> Problem {
+    Problem {
+        path: file.path.clone(),
+        line,
+        message,
+    }
+}
+
+/// (a) A registry package locked by several chapters has the same set of
+/// versions in each; the chapters' own packages (no `source`) are skipped.
+fn check_locks(repo: &Repo, chapters: &[Chapter]) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    // name -> [(lock file, versions)] in chapter order
+    let mut seen: BTreeMap<String, Vec<(usize, BTreeSet<String>)>> = BTreeMap::new();
+    let mut locks = Vec::new();
+    for chapter in chapters {
+        let Some(lock) = parse(repo, chapter, "Cargo.lock")? else {
+            let path = format!("chapters/{}/Cargo.lock", chapter.name);
+            problems.push(Problem::file(
+                path,
+                "missing: the tests build with --locked",
+            ));
+            continue;
+        };
+        let mut versions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let packages = lock.table.get("package").and_then(Value::as_array);
+        for package in packages.into_iter().flatten() {
+            let field = |key| package.get(key).and_then(Value::as_str);
+            if let (Some(name), Some(version), Some(_)) =
+                (field("name"), field("version"), field("source"))
+            {
+                let set = versions.entry(name.to_string()).or_default();
+                set.insert(version.to_string());
+            }
+        }
+        for (name, set) in versions {
+            seen.entry(name).or_default().push((locks.len(), set));
+        }
+        locks.push(lock);
+    }
+    for (name, entries) in &seen {
+        let Some(((first, reference), rest)) = entries.split_first() else {
+            continue;
+        };
+        for (i, versions) in rest.iter().filter(|(_, v)| v != reference) {
+            let lock = &locks[*i];
+            let line = line_of(&lock.text, &format!("name = \"{name}\""));
+            let message = format!(
+                "`{name}` is locked at {} here but at {} in {}",
+                join(versions),
+                join(reference),
+                locks[*first].chapter
+            );
+            problems.push(problem(lock, line, message));
+        }
+    }
+    Ok(problems)
+}
+
+fn join(versions: &BTreeSet<String>) -> String {
+    versions.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+/// How a dependency is declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spec {
+    version: Option<String>,
+    features: BTreeSet<String>,
+    default_features: bool,
+    optional: bool,
+}
+
+impl Spec {
+    fn from_value(value: &Value) -> Spec {
+        let mut spec = Spec {
+            version: value.as_str().map(str::to_string),
+            features: BTreeSet::new(),
+            default_features: true,
+            optional: false,
+        };
+        if let Some(table) = value.as_table() {
+            let get = |key: &str| table.get(key);
+            spec.version = get("version").and_then(Value::as_str).map(str::to_string);
+            let features = get("features").and_then(Value::as_array);
+            let features = features.into_iter().flatten().filter_map(Value::as_str);
+            spec.features = features.map(str::to_string).collect();
+            let default = get("default-features").or_else(|| get("default_features"));
+            spec.default_features = default.and_then(Value::as_bool).unwrap_or(true);
+            spec.optional = get("optional").and_then(Value::as_bool).unwrap_or(false);
+        }
+        spec
+    }
+
+    /// The spec without its version, to compare within one section.
+    fn shape(&self) -> Spec {
+        Spec {
+            version: None,
+            ..self.clone()
+        }
+    }
+}
+
+impl fmt::Display for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let features: Vec<String> = self.features.iter().map(|s| format!("{s:?}")).collect();
+        write!(f, "features = [{}]", features.join(", "))?;
+        write!(f, ", default-features = {}", self.default_features)?;
+        write!(f, ", optional = {}", self.optional)
+    }
+}
+
+/// One declared dependency.
+struct Declared<'a> {
+    file: &'a Parsed,
+    section: &'static str,
+    name: String,
+    spec: Spec,
+}
+
+impl Declared<'_> {
+    fn line(&self) -> Option<usize> {
+        let mut section = "";
+        for (i, l) in self.file.text.lines().enumerate() {
+            let l = l.trim();
+            if let Some(header) = l.strip_prefix('[') {
+                section = header.trim_end_matches(']').trim();
+                if section == format!("{}.{}", self.section, self.name) {
+                    return Some(i + 1);
+                }
+            } else if section == self.section
+                && l.strip_prefix(self.name.as_str())
+                    .is_some_and(|r| r.starts_with([' ', '=', '.']))
+            {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+}
+
+/// (b) A dependency declared by several chapters has the same version
+/// string everywhere, and the same features, default-features and optional
+/// in the same section.
+fn check_manifests(repo: &Repo, chapters: &[Chapter]) -> Result<Vec<Problem>> {
+    let mut files = Vec::new();
+    for chapter in chapters {
+        files.extend(parse(repo, chapter, "Cargo.toml")?);
+    }
+    let mut by_name: BTreeMap<String, Vec<Declared>> = BTreeMap::new();
+    for file in &files {
+        for section in SECTIONS {
+            let deps = file.table.get(section).and_then(Value::as_table);
+            for (name, value) in deps.into_iter().flatten() {
+                let spec = Spec::from_value(value);
+                let declared = Declared {
+                    file,
+                    section,
+                    name: name.clone(),
+                    spec,
+                };
+                by_name.entry(name.clone()).or_default().push(declared);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (name, decls) in &by_name {
+        let Some(first) = decls.first() else {
+            continue;
+        };
+        for d in decls
+            .iter()
+            .filter(|d| d.file.chapter != first.file.chapter)
+        {
+            if d.spec.version != first.spec.version {
+                let message = format!(
+                    "`{name}` has version {} here but {} in {}",
+                    show(&d.spec.version),
+                    show(&first.spec.version),
+                    first.file.path
+                );
+                problems.push(problem(d.file, d.line(), message));
+            }
+        }
+        for section in SECTIONS {
+            let mut in_section = decls.iter().filter(|d| d.section == section);
+            let Some(first) = in_section.next() else {
+                continue;
+            };
+            for d in in_section.filter(|d| d.file.chapter != first.file.chapter) {
+                if d.spec.shape() != first.spec.shape() {
+                    let message = format!(
+                        "[{section}] `{name}` has {} here but {} in {}",
+                        d.spec, first.spec, first.file.path
+                    );
+                    problems.push(problem(d.file, d.line(), message));
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
+fn show(version: &Option<String>) -> String {
+    version
+        .as_ref()
+        .map_or("(none)".to_string(), |v| format!("{v:?}"))
+}

@@ -1,0 +1,63 @@
+//! Every chapter has a page, and the page shows every file the chapter
+//! changes.
+
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+
+use crate::diff::{Change, ChapterDiff};
+use crate::includes::{find_links, normalize};
+use crate::repo::{self, Repo};
+use crate::report::Problem;
+
+/// Checks the page `book/src/<chapter dir>.md` of every chapter: the first
+/// chapter's page must exist; a later one's must include the diff of every
+/// changed file (for an added file, the chapter's own file also counts).
+pub fn check(repo: &Repo, diffs: &[ChapterDiff]) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    let chapters = repo.chapters()?;
+    if let Some(first) = chapters.first() {
+        let page = page_path(&first.name);
+        if !repo.root.join(&page).is_file() {
+            problems.push(Problem::file(page, "missing page of the first chapter"));
+        }
+    }
+    for cd in diffs {
+        let page = page_path(&cd.chapter.name);
+        let abs = repo.root.join(&page);
+        if !abs.is_file() {
+            problems.push(Problem::file(page, "missing page of the chapter"));
+            continue;
+        }
+        let text = repo::read_string(&abs)?;
+        let dir = abs.parent().unwrap_or(&repo.root);
+        let shown: BTreeSet<String> = find_links(&text)
+            .iter()
+            .map(|link| repo.rel(&normalize(dir, &link.path)))
+            .collect();
+        for file in &cd.files {
+            let diff = cd.diff_path(file);
+            let own = format!("chapters/{}/{}", cd.chapter.name, file.path);
+            let own_counts = file.change == Change::Added;
+            if shown.contains(&diff) || (own_counts && shown.contains(&own)) {
+                continue;
+            }
+            let include = diff.trim_start_matches("book/src/");
+            let mut message = format!(
+                "never shows {} ({}): add {{{{#include {include}}}}}",
+                file.path,
+                file.change.word()
+            );
+            if own_counts {
+                message.push_str(&format!(" or include ../../{own}"));
+            }
+            problems.push(Problem::file(&page, message));
+        }
+    }
+    Ok(problems)
+}
+
+/// The page of a chapter, relative to the root.
+pub fn page_path(chapter_name: &str) -> String {
+    format!("book/src/{chapter_name}.md")
+}

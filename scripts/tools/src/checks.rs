@@ -79,12 +79,9 @@ pub fn run(repo: &Repo, checks: &[Check], out: &mut impl Write) -> Result<bool> 
             if let Some(hint) = check.hint() {
                 writeln!(out, "{hint}")?;
             }
-            writeln!(
-                out,
-                "FAILED: {} ({} problems)",
-                check.name(),
-                problems.len()
-            )?;
+            let n = problems.len();
+            let plural = if n == 1 { "" } else { "s" };
+            writeln!(out, "FAILED: {} ({n} problem{plural})", check.name())?;
         }
     }
     Ok(all_ok)

@@ -157,7 +157,9 @@ impl Fake {
             .filter(|l| !l.starts_with("FAILED: ") && !l.starts_with("hint: "))
             .collect();
         assert_eq!(problems, expected);
-        let last = format!("FAILED: {} ({} problems)", check.name(), expected.len());
+        let n = expected.len();
+        let plural = if n == 1 { "" } else { "s" };
+        let last = format!("FAILED: {} ({n} problem{plural})", check.name());
         assert_eq!(lines.last(), Some(&last));
     }
 

@@ -121,6 +121,7 @@ macro_rules! request_from_command {
 request_from_command!(
     Hget, Hgetall, Hmget, Hset, Hmset, Hdel, Hmdel, Hexist, Hmexist
 );
+// ANCHOR_END: request_from
 
 impl Kvpair {
     pub fn new(key: impl Into<String>, value: impl Into<Value>) -> Self {

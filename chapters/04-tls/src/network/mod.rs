@@ -1,0 +1,173 @@
+//! The service on the network: frames on any byte stream, and the two
+//! ends of a connection.
+
+#[cfg(test)]
+mod dummy;
+mod frame;
+
+pub use frame::{
+    COMPRESSION_LIMIT, DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, MAX_WIRE_LEN, read_frame,
+};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tracing::debug;
+
+use crate::{CommandRequest, CommandResponse, KvError, MemTable, Service, Storage};
+
+// ANCHOR: server_stream
+/// The server's end of one connection: reads requests, runs them, writes
+/// the responses, until the client hangs up.
+pub struct ProstServerStream<S, Store = MemTable> {
+    inner: S,
+    service: Service<Store>,
+    max_frame: usize,
+}
+
+impl<S, Store> ProstServerStream<S, Store>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Store: Storage + 'static,
+{
+    pub fn new(stream: S, service: Service<Store>) -> Self {
+        Self {
+            inner: stream,
+            service,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// Sets the largest request payload accepted, compressed or not.
+    pub fn max_frame(mut self, max_len: usize) -> Self {
+        self.max_frame = max_len;
+        self
+    }
+
+    /// Serves requests until the client closes the connection, which is
+    /// `Ok`. A frame that cannot be read whole ends the connection with an
+    /// error; a frame that was read whole but does not decode gets a 400
+    /// response, and the connection goes on.
+    pub async fn process(mut self) -> Result<(), KvError> {
+        let mut buf = BytesMut::new();
+        loop {
+            let response = match read_frame(&mut self.inner, &mut buf, self.max_frame).await {
+                Ok(false) => return Ok(()),
+                Ok(true) => match CommandRequest::decode_frame(&mut buf, self.max_frame) {
+                    Ok(request) => self.execute(request).await?,
+                    Err(err) => err.into(),
+                },
+                Err(err @ KvError::FrameTooLarge { .. }) => {
+                    // The payload is not read, so the next frame cannot be
+                    // found: answer, then end the connection.
+                    self.send(CommandResponse::from(&err)).await?;
+                    return Err(err);
+                }
+                Err(err) => return Err(err),
+            };
+            self.send(response).await?;
+            self.service.after_send();
+        }
+    }
+
+    /// Runs a request on a blocking thread: `Service::execute` is
+    /// synchronous, and a storage may wait for the disk.
+    async fn execute(&self, request: CommandRequest) -> Result<CommandResponse, KvError> {
+        debug!(?request, "executing");
+        let service = self.service.clone();
+        tokio::task::spawn_blocking(move || service.execute(request))
+            .await
+            .map_err(|err| KvError::Internal(format!("command task failed: {err}")))
+    }
+
+    async fn send(&mut self, response: CommandResponse) -> Result<(), KvError> {
+        let mut buf = BytesMut::new();
+        response.encode_frame(&mut buf)?;
+        self.inner.write_all(&buf).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+}
+// ANCHOR_END: server_stream
+
+// ANCHOR: client_stream
+/// The client's end of a connection: sends a request, waits for its
+/// response.
+pub struct ProstClientStream<S> {
+    inner: S,
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl<S> ProstClientStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    pub fn new(stream: S) -> Self {
+        Self {
+            inner: stream,
+            buf: BytesMut::new(),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// Sets the largest response payload accepted, compressed or not.
+    pub fn max_frame(mut self, max_len: usize) -> Self {
+        self.max_frame = max_len;
+        self
+    }
+
+    /// Sends one request and returns the server's response.
+    pub async fn execute(&mut self, request: CommandRequest) -> Result<CommandResponse, KvError> {
+        self.buf.clear();
+        request.encode_frame(&mut self.buf)?;
+        self.inner.write_all(&self.buf).await?;
+        self.inner.flush().await?;
+
+        if !read_frame(&mut self.inner, &mut self.buf, self.max_frame).await? {
+            return Err(KvError::BadFrame(
+                "the server closed the connection before responding".into(),
+            ));
+        }
+        CommandResponse::decode_frame(&mut self.buf, self.max_frame)
+    }
+
+    /// Closes the connection cleanly. On TLS, this tells the server that
+    /// we are done (close_notify) before the connection goes.
+    pub async fn close(mut self) -> Result<(), KvError> {
+        self.inner.shutdown().await?;
+        Ok(())
+    }
+}
+// ANCHOR_END: client_stream
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Value;
+
+    // ANCHOR: duplex_test
+    #[tokio::test]
+    async fn client_and_server_work_through_a_one_byte_pipe() {
+        // Each side of the pipe buffers one byte: every read and write is
+        // partial, and every other poll is `Pending`.
+        let (client_end, server_end) = tokio::io::duplex(1);
+        let service = Service::new(MemTable::new());
+        let server = tokio::spawn(ProstServerStream::new(server_end, service).process());
+        let mut client = ProstClientStream::new(client_end);
+
+        let big = Value::from("compress me ".repeat(1000));
+        for (key, value) in [("small", Value::from(1i64)), ("big", big)] {
+            let set = CommandRequest::new_hset("t", key, value.clone());
+            assert!(client.execute(set).await.unwrap().is_ok());
+            let res = client.execute(CommandRequest::new_hget("t", key)).await;
+            assert_eq!(res.unwrap().values, [value]);
+        }
+
+        drop(client);
+        server
+            .await
+            .unwrap()
+            .expect("a clean end when the client hangs up");
+    }
+    // ANCHOR_END: duplex_test
+}

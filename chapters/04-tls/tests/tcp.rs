@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{io::Write, net::SocketAddr, sync::mpsc, time::Duration};
+use std::{io::Write, net::SocketAddr, time::Duration};
 
 use bytes::{BufMut, BytesMut};
 use common::{CERTS, acceptor, connector};
@@ -36,23 +36,29 @@ async fn connect(addr: SocketAddr) -> TlsStream<TcpStream> {
     connector(&CERTS, false).connect(tcp).await.unwrap()
 }
 
-async fn client(addr: SocketAddr) -> ProstClientStream<TlsStream<TcpStream>> {
+async fn new_client(addr: SocketAddr) -> ProstClientStream<TlsStream<TcpStream>> {
     ProstClientStream::new(connect(addr).await)
 }
 
-/// Checks that a new client is served normally.
+/// Checks that a new client is served normally, and soon: a server that
+/// is stuck fails the test instead of hanging it.
 async fn assert_still_serving(addr: SocketAddr) {
-    let mut client = client(addr).await;
-    let res = client
-        .execute(CommandRequest::new_hset("health", "k", "ok"))
+    let served = async {
+        let mut client = new_client(addr).await;
+        let res = client
+            .execute(CommandRequest::new_hset("health", "k", "ok"))
+            .await
+            .unwrap();
+        assert!(res.is_ok(), "{res:?}");
+        let res = client
+            .execute(CommandRequest::new_hget("health", "k"))
+            .await
+            .unwrap();
+        assert_eq!(res.values, [Value::from("ok")]);
+    };
+    tokio::time::timeout(Duration::from_secs(10), served)
         .await
-        .unwrap();
-    assert!(res.is_ok(), "{res:?}");
-    let res = client
-        .execute(CommandRequest::new_hget("health", "k"))
-        .await
-        .unwrap();
-    assert_eq!(res.values, [Value::from("ok")]);
+        .expect("a new client is served within 10 s");
 }
 
 /// Reads one response from a raw stream, or `None` if the server hung up.
@@ -87,7 +93,7 @@ fn random_bytes(len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn every_command_works_end_to_end() {
     let addr = start_server(Service::new(MemTable::new()), DEFAULT_MAX_FRAME).await;
-    let mut c = client(addr).await;
+    let mut c = new_client(addr).await;
     let mut run = async |request| c.execute(request).await.unwrap();
 
     let res = run(CommandRequest::new_hset("t", "a", 1i64)).await;
@@ -127,24 +133,22 @@ async fn every_command_works_end_to_end() {
 // ANCHOR: after_send_test
 #[tokio::test]
 async fn after_send_runs_once_per_response_sent() {
-    let (sent, responses) = mpsc::channel();
+    let (sent, mut calls) = tokio::sync::mpsc::unbounded_channel();
     let service = Service::builder(MemTable::new())
         .on_after_send(move || sent.send(()).unwrap())
         .build();
     let addr = start_server(service, DEFAULT_MAX_FRAME).await;
 
-    let mut client = client(addr).await;
+    let mut client = new_client(addr).await;
     for _ in 0..3 {
         client
             .execute(CommandRequest::new_hget("t", "k"))
             .await
             .unwrap();
-        responses.recv_timeout(Duration::from_secs(10)).unwrap();
+        let call = tokio::time::timeout(Duration::from_secs(10), calls.recv());
+        call.await.expect("after_send was called").unwrap();
     }
-    assert!(
-        responses.try_recv().is_err(),
-        "no more calls than responses"
-    );
+    assert!(calls.try_recv().is_err(), "no more calls than responses");
 }
 // ANCHOR_END: after_send_test
 
@@ -152,7 +156,7 @@ async fn after_send_runs_once_per_response_sent() {
 #[tokio::test]
 async fn a_4_mib_random_value_round_trips() {
     let addr = start_server(Service::new(MemTable::new()), DEFAULT_MAX_FRAME).await;
-    let mut client = client(addr).await;
+    let mut client = new_client(addr).await;
     let value = Value::from(random_bytes(4 << 20));
     client
         .execute(CommandRequest::new_hset("big", "random", value.clone()))
@@ -180,7 +184,7 @@ async fn a_large_compressible_value_is_sent_compressed_and_round_trips() {
     stream.write_all(&frame).await.unwrap();
     assert!(read_response(&mut stream).await.unwrap().is_ok());
 
-    let res = client(addr)
+    let res = new_client(addr)
         .await
         .execute(CommandRequest::new_hget("big", "text"))
         .await
@@ -209,6 +213,16 @@ async fn a_header_claiming_2_gib_gets_413_and_the_server_goes_on() {
         read_response(&mut stream).await.is_none(),
         "connection closed"
     );
+    assert_still_serving(addr).await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_limit_gets_413_while_still_being_sent() {
+    let addr = start_server(Service::new(MemTable::new()), 1 << 20).await;
+    let mut client = new_client(addr).await;
+    let request = CommandRequest::new_hset("t", "k", random_bytes(8 << 20));
+    let res = client.execute(request).await.unwrap();
+    assert_eq!(res.status, 413, "{}", res.message);
     assert_still_serving(addr).await;
 }
 
@@ -296,7 +310,7 @@ async fn a_hundred_clients_at_once_lose_no_write() {
     let clients: Vec<_> = (0..100)
         .map(|i| {
             tokio::spawn(async move {
-                let mut client = client(addr).await;
+                let mut client = new_client(addr).await;
                 for j in 0..10 {
                     let key = format!("client{i}-key{j}");
                     let value = Value::from((i * 10 + j) as i64);
@@ -312,7 +326,7 @@ async fn a_hundred_clients_at_once_lose_no_write() {
         client.await.unwrap();
     }
 
-    let mut client = client(addr).await;
+    let mut client = new_client(addr).await;
     let all = client.execute(CommandRequest::new_hgetall("shared")).await;
     assert_eq!(all.unwrap().pairs.len(), 1000);
 }

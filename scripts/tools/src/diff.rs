@@ -102,16 +102,46 @@ pub fn diff_file(path: &str, old: Option<&[u8]>, new: Option<&[u8]>) -> Option<F
     })
 }
 
+/// Which lines a diff looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// Every line, as the files are.
+    All,
+    /// Every line but mdBook's `ANCHOR:` / `ANCHOR_END:` markers, which are
+    /// markup for the book, not code: the book's diffs leave them out.
+    WithoutAnchors,
+}
+
+/// Removes the lines that hold an mdBook anchor marker from UTF-8 text;
+/// other bytes are returned as they are.
+pub fn strip_anchor_lines(bytes: Vec<u8>) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return bytes;
+    };
+    text.split_inclusive('\n')
+        .filter(|line| !line.contains("ANCHOR:") && !line.contains("ANCHOR_END:"))
+        .collect::<String>()
+        .into_bytes()
+}
+
 /// Diffs every file from directory `old` to directory `new` (see
 /// [`repo::walk_files`] for which files count), in path order.
-pub fn diff_dirs(old: &Path, new: &Path) -> Result<Vec<FileDiff>> {
+pub fn diff_dirs(old: &Path, new: &Path, lines: Lines) -> Result<Vec<FileDiff>> {
     let old_files: BTreeMap<String, PathBuf> = repo::walk_files(old)?.into_iter().collect();
     let new_files: BTreeMap<String, PathBuf> = repo::walk_files(new)?.into_iter().collect();
     let paths: BTreeSet<&String> = old_files.keys().chain(new_files.keys()).collect();
+    let read = |file: Option<&PathBuf>| -> Result<Option<Vec<u8>>> {
+        let Some(file) = file else { return Ok(None) };
+        let bytes = repo::read(file)?;
+        Ok(Some(match lines {
+            Lines::All => bytes,
+            Lines::WithoutAnchors => strip_anchor_lines(bytes),
+        }))
+    };
     let mut diffs = Vec::new();
     for path in paths {
-        let old_bytes = old_files.get(path).map(|p| repo::read(p)).transpose()?;
-        let new_bytes = new_files.get(path).map(|p| repo::read(p)).transpose()?;
+        let old_bytes = read(old_files.get(path))?;
+        let new_bytes = read(new_files.get(path))?;
         diffs.extend(diff_file(path, old_bytes.as_deref(), new_bytes.as_deref()));
     }
     Ok(diffs)
@@ -164,7 +194,7 @@ impl ChapterDiff {
     }
 }
 
-/// Diffs every pair of consecutive chapters.
+/// Diffs every pair of consecutive chapters, as the book shows them.
 pub fn chapter_diffs(repo: &Repo) -> Result<Vec<ChapterDiff>> {
     let chapters = repo.chapters()?;
     chapters
@@ -172,7 +202,7 @@ pub fn chapter_diffs(repo: &Repo) -> Result<Vec<ChapterDiff>> {
         .map(|pair| {
             Ok(ChapterDiff {
                 chapter: pair[1].clone(),
-                files: diff_dirs(&pair[0].dir, &pair[1].dir)?,
+                files: diff_dirs(&pair[0].dir, &pair[1].dir, Lines::WithoutAnchors)?,
             })
         })
         .collect()

@@ -62,12 +62,17 @@ fn problem(file: &Parsed, line: Option<usize>, message: String) -> Problem {
     }
 }
 
-/// (a) A registry package locked by several chapters has the same set of
-/// versions in each; the chapters' own packages (no `source`) are skipped.
+/// (a) A registry package locked by several chapters has the same
+/// version in each, within each semver-compatible line: `0.4.x` or `1.x`.
+/// A chapter may add another line of the same package (a new dependency can
+/// bring in an older major version), but where two chapters both use a
+/// line they must agree, or the shared target compiles it twice. The
+/// chapters' own packages (no `source`) are skipped.
 fn check_locks(repo: &Repo, chapters: &[Chapter]) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
-    // name -> [(lock file, versions)] in chapter order
-    let mut seen: BTreeMap<String, Vec<(usize, BTreeSet<String>)>> = BTreeMap::new();
+    // (name, line) -> [(lock file, versions)] in chapter order
+    type Seen = BTreeMap<(String, String), Vec<(usize, BTreeSet<String>)>>;
+    let mut seen = Seen::new();
     let mut locks = Vec::new();
     for chapter in chapters {
         let Some(lock) = parse(repo, chapter, "Cargo.lock")? else {
@@ -78,43 +83,68 @@ fn check_locks(repo: &Repo, chapters: &[Chapter]) -> Result<Vec<Problem>> {
             ));
             continue;
         };
-        let mut versions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut versions: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         let packages = lock.table.get("package").and_then(Value::as_array);
         for package in packages.into_iter().flatten() {
             let field = |key| package.get(key).and_then(Value::as_str);
             if let (Some(name), Some(version), Some(_)) =
                 (field("name"), field("version"), field("source"))
             {
-                let set = versions.entry(name.to_string()).or_default();
-                set.insert(version.to_string());
+                let key = (name.to_string(), compatible_line(version));
+                versions.entry(key).or_default().insert(version.to_string());
             }
         }
-        for (name, set) in versions {
-            seen.entry(name).or_default().push((locks.len(), set));
+        for (key, set) in versions {
+            seen.entry(key).or_default().push((locks.len(), set));
         }
         locks.push(lock);
     }
-    for (name, entries) in &seen {
+    for ((name, line), entries) in &seen {
         let Some(((first, reference), rest)) = entries.split_first() else {
             continue;
         };
         for (i, versions) in rest.iter().filter(|(_, v)| v != reference) {
             let lock = &locks[*i];
-            let line = line_of(&lock.text, &format!("name = \"{name}\""));
+            let at = line_of(&lock.text, &format!("name = \"{name}\""));
             let message = format!(
-                "`{name}` is locked at {} here but at {} in {}",
+                "`{name}` {line} is locked at {} here but at {} in {}",
                 join(versions),
                 join(reference),
                 locks[*first].chapter
             );
-            problems.push(problem(lock, line, message));
+            problems.push(problem(lock, at, message));
         }
     }
     Ok(problems)
 }
 
+/// The semver-compatible line of a version, as Cargo unifies them:
+/// `1.2.3` -> `1.x`, `0.4.3` -> `0.4.x`, `0.0.3` -> `0.0.3`.
+fn compatible_line(version: &str) -> String {
+    let mut parts = version.split(['.', '-', '+']);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("0"), Some("0"), Some(patch)) => format!("0.0.{patch}"),
+        (Some("0"), Some(minor), _) => format!("0.{minor}.x"),
+        (Some(major), _, _) => format!("{major}.x"),
+        _ => version.to_string(),
+    }
+}
+
 fn join(versions: &BTreeSet<String>) -> String {
     versions.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compatible_line;
+
+    #[test]
+    fn versions_group_into_semver_compatible_lines() {
+        assert_eq!(compatible_line("1.12.1"), "1.x");
+        assert_eq!(compatible_line("0.4.3"), "0.4.x");
+        assert_eq!(compatible_line("0.0.7"), "0.0.7");
+        assert_eq!(compatible_line("1.0.0-alpha.1"), "1.x");
+    }
 }
 
 /// How a dependency is declared.

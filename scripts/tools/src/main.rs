@@ -74,7 +74,7 @@ fn run() -> Result<bool> {
     let checks: &[Check] = match cli.command {
         Command::Diff { a, b } => {
             let (a, b) = (repo.chapter(&a)?, repo.chapter(&b)?);
-            let text = diff::render(&diff::diff_dirs(&a.dir, &b.dir)?);
+            let text = diff::render(&diff::diff_dirs(&a.dir, &b.dir, diff::Lines::All)?);
             return match out.write_all(text.as_bytes()) {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(true),
                 other => other.context("writing the diff").map(|()| true),

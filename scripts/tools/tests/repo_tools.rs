@@ -241,6 +241,7 @@ fn diff_dirs_skips_ignored_target_and_lock_files_in_path_order() {
     let diffs = diff::diff_dirs(
         &repo.chapter("1").expect("01").dir,
         &repo.chapter("02-b").expect("02").dir,
+        diff::Lines::All,
     )
     .expect("diff");
     let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
@@ -261,6 +262,7 @@ fn diff_dirs_skips_ignored_target_and_lock_files_in_path_order() {
     assert!(text.contains("--- a/notes.txt\n+++ /dev/null\n@@ -1 +0,0 @@\n-old notes\n--- /dev/null\n+++ b/src/extra.rs\n"));
 }
 
+/// Counts leave out anchor lines, as the book's diffs do.
 #[test]
 fn summary_is_aligned_and_sorted() {
     let fake = Fake::new();
@@ -268,11 +270,11 @@ fn summary_is_aligned_and_sorted() {
         fake.read("book/src/diffs/02/summary.txt"),
         "  modified  Cargo.toml    (+1 -1)\n\
          \x20 removed   notes.txt     (-1)\n\
-         \x20 added     src/extra.rs  (+3)\n\
-         \x20 modified  src/lib.rs    (+5 -3)\n"
+         \x20 added     src/extra.rs  (+1)\n\
+         \x20 modified  src/lib.rs    (+3 -3)\n"
     );
     let lib = fake.read("book/src/diffs/02/src/lib.rs.diff");
-    assert!(lib.starts_with("--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -1,4 +1,4 @@\n-//! Chapter one.\n+//! Chapter two.\n"));
+    assert!(lib.starts_with("--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -1,9 +1,9 @@\n-//! Chapter one.\n+//! Chapter two.\n"));
 }
 
 #[test]
@@ -573,8 +575,22 @@ fn check_lockstep_reports_cargo_lock_versions() {
     fake.write("chapters/02-b/Cargo.lock", &lock("kv-02-b", "1.1.0"));
     fake.assert_fails(
         Check::Lockstep,
-        &["chapters/02-b/Cargo.lock:4: `bytes` is locked at 1.1.0 here but at 1.0.0 in 01-a"],
+        &["chapters/02-b/Cargo.lock:4: `bytes` 1.x is locked at 1.1.0 here but at 1.0.0 in 01-a"],
     );
+}
+
+#[test]
+fn check_lockstep_lets_a_chapter_add_another_semver_line() {
+    let fake = Fake::new();
+    // 02-b keeps bytes 1.0.0 and adds an old 0.5 line, as a new dependency
+    // can; only a different 1.x version would compile twice.
+    let extra = "\n[[package]]\nname = \"bytes\"\nversion = \"0.5.6\"\n\
+                 source = \"registry+https://github.com/rust-lang/crates.io-index\"\n";
+    fake.write(
+        "chapters/02-b/Cargo.lock",
+        &(lock("kv-02-b", "1.0.0") + extra),
+    );
+    fake.assert_passes(Check::Lockstep);
 }
 
 #[test]
@@ -616,4 +632,42 @@ fn check_lockstep_compares_default_features_and_skips_own_packages() {
         Check::Lockstep,
         &["chapters/02-b/Cargo.toml:8: [dependencies] `serde` has features = [\"derive\"], default-features = false, optional = false here but features = [\"derive\"], default-features = true, optional = false in chapters/01-a/Cargo.toml"],
     );
+}
+
+#[test]
+fn book_diffs_leave_out_anchor_lines_but_the_diff_command_keeps_them() {
+    let fake = Fake::new();
+    let repo = fake.repo();
+    let (one, two) = (
+        repo.chapter("1").expect("01"),
+        repo.chapter("2").expect("02"),
+    );
+
+    let all = diff::render(&diff::diff_dirs(&one.dir, &two.dir, diff::Lines::All).expect("diff"));
+    assert!(all.contains("+// ANCHOR: greet_all\n"), "{all}");
+
+    let book = diff::chapter_diffs(&repo).expect("diffs");
+    let lib = book[0]
+        .files
+        .iter()
+        .find(|f| f.path == "src/lib.rs")
+        .expect("lib.rs");
+    assert!(!lib.text.contains("ANCHOR"), "{}", lib.text);
+    assert!(
+        lib.text.contains("+pub fn greet_all() -> String {\n"),
+        "{}",
+        lib.text
+    );
+
+    // A file whose only change is an anchor has no book diff at all.
+    fake.write(
+        "chapters/02-b/src/lib.rs",
+        &LIB_01
+            .replace("// ANCHOR: greet\n", "// ANCHOR: hi\n")
+            .replace("// ANCHOR_END: greet\n", "// ANCHOR_END: hi\n"),
+    );
+    let book = diff::chapter_diffs(&fake.repo()).expect("diffs");
+    assert!(book[0].files.iter().all(|f| f.path != "src/lib.rs"));
+    let stripped = diff::strip_anchor_lines(b"a\n// ANCHOR: x\nb\n// ANCHOR_END: x\n".to_vec());
+    assert_eq!(stripped, b"a\nb\n");
 }

@@ -2,6 +2,7 @@
 
 use crate::{CommandResponse, CommandService, Hget, Hgetall, Hset, KvError, Storage};
 
+// ANCHOR: check_table
 /// Rejects the empty table name, so a typo does not silently create it.
 fn check_table(table: &str) -> Result<(), KvError> {
     if table.is_empty() {
@@ -9,6 +10,7 @@ fn check_table(table: &str) -> Result<(), KvError> {
     }
     Ok(())
 }
+// ANCHOR_END: check_table
 
 // ANCHOR: hget
 impl CommandService for Hget {

@@ -59,8 +59,9 @@ impl Storage for MemTable {
 
     fn iter(&self, table: &str) -> Result<StorageIter<'_>, KvError> {
         // Copy the table out rather than iterate it in place: iterating a
-        // DashMap holds its shard locks, and a caller that wrote to the
-        // same table while iterating would deadlock.
+        // DashMap holds a read lock on the shard it is visiting, and a
+        // caller that wrote a key of that shard inside its loop would wait
+        // for that lock forever.
         let mut pairs: Vec<Kvpair> = match self.tables.get(table) {
             Some(t) => t
                 .iter()

@@ -29,11 +29,11 @@ pub const HEADER_LEN: usize = 4;
 /// The header bit that marks a compressed payload.
 const COMPRESSED: u32 = 1 << 31;
 
-/// Payloads larger than this are compressed. It is what fits in one
+/// Payloads larger than this are compressed. It is about what fits in one
 /// Ethernet packet: an MTU of 1500 bytes, less 20 for the IPv4 header, 20
-/// for the TCP header, 20 for TCP options such as timestamps, and our own
-/// 4-byte header. Smaller payloads travel in one packet anyway, so
-/// compressing them would cost time and save nothing.
+/// for the TCP header, 20 set aside for IP and TCP options (timestamps
+/// alone take 12), and our own 4-byte header. Smaller payloads travel in
+/// one packet anyway, so compressing them would cost time and save little.
 pub const COMPRESSION_LIMIT: usize = 1436;
 
 /// The largest payload the 31-bit length field can describe.

@@ -10,10 +10,16 @@ pub use frame::{
 };
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::{CommandRequest, CommandResponse, KvError, MemTable, Service, Storage};
+
+/// How long the server goes on reading after refusing a frame as too
+/// large, so that the client can read the refusal (see `linger`).
+const LINGER: Duration = Duration::from_secs(2);
 
 // ANCHOR: server_stream
 /// The server's end of one connection: reads requests, runs them, writes
@@ -50,41 +56,66 @@ where
     pub async fn process(mut self) -> Result<(), KvError> {
         let mut buf = BytesMut::new();
         loop {
-            let response = match read_frame(&mut self.inner, &mut buf, self.max_frame).await {
+            match read_frame(&mut self.inner, &mut buf, self.max_frame).await {
+                Ok(true) => {}
                 Ok(false) => return Ok(()),
-                Ok(true) => match CommandRequest::decode_frame(&mut buf, self.max_frame) {
-                    Ok(request) => self.execute(request).await?,
-                    Err(err) => err.into(),
-                },
                 Err(err @ KvError::FrameTooLarge { .. }) => {
                     // The payload is not read, so the next frame cannot be
                     // found: answer, then end the connection.
-                    self.send(CommandResponse::from(&err)).await?;
+                    let mut frame = BytesMut::new();
+                    CommandResponse::from(&err).encode_frame(&mut frame)?;
+                    self.write(&frame).await?;
+                    self.linger().await;
                     return Err(err);
                 }
                 Err(err) => return Err(err),
-            };
-            self.send(response).await?;
+            }
+            let response = self.respond(buf.split()).await?;
+            self.write(&response).await?;
             self.service.after_send();
         }
     }
 
-    /// Runs a request on a blocking thread: `Service::execute` is
-    /// synchronous, and a storage may wait for the disk.
-    async fn execute(&self, request: CommandRequest) -> Result<CommandResponse, KvError> {
-        debug!(?request, "executing");
+    /// Decodes a request frame, runs the request and encodes the response
+    /// frame. This is all the CPU work of a request (inflating and
+    /// deflating too), and a storage may wait for the disk, so it runs on
+    /// a thread meant for blocking work, not on the async runtime's.
+    async fn respond(&self, mut frame: BytesMut) -> Result<BytesMut, KvError> {
         let service = self.service.clone();
-        tokio::task::spawn_blocking(move || service.execute(request))
+        let max_frame = self.max_frame;
+        let work = move || {
+            let response = match CommandRequest::decode_frame(&mut frame, max_frame) {
+                Ok(request) => {
+                    debug!(?request, "executing");
+                    service.execute(request)
+                }
+                // The frame was read whole, so the stream is still in step.
+                Err(err) => err.into(),
+            };
+            let mut frame = BytesMut::new();
+            response.encode_frame(&mut frame)?;
+            Ok(frame)
+        };
+        tokio::task::spawn_blocking(work)
             .await
-            .map_err(|err| KvError::Internal(format!("command task failed: {err}")))
+            .map_err(|err| KvError::Internal(format!("request task failed: {err}")))?
     }
 
-    async fn send(&mut self, response: CommandResponse) -> Result<(), KvError> {
-        let mut buf = BytesMut::new();
-        response.encode_frame(&mut buf)?;
-        self.inner.write_all(&buf).await?;
+    async fn write(&mut self, frame: &[u8]) -> Result<(), KvError> {
+        self.inner.write_all(frame).await?;
         self.inner.flush().await?;
         Ok(())
+    }
+
+    /// Stops writing, then reads and drops what the client still sends,
+    /// for a moment. Closing a socket while received data is unread makes
+    /// the kernel reset the connection, and the reset can destroy the
+    /// response we just sent before the client has read it.
+    async fn linger(&mut self) {
+        let _ = self.inner.shutdown().await;
+        let mut sink = [0; 4096];
+        let drain = async { while matches!(self.inner.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 }
 // ANCHOR_END: server_stream

@@ -53,7 +53,6 @@ impl CommandRequest {
         }
         .into()
     }
-    // ANCHOR_END: constructors
 
     pub fn new_hmset(table: impl Into<String>, pairs: impl IntoIterator<Item = Kvpair>) -> Self {
         Hmset {
@@ -101,6 +100,7 @@ impl CommandRequest {
         .into()
     }
 }
+// ANCHOR_END: constructors
 
 // ANCHOR: request_from
 // Every command converts into a request that carries it.

@@ -11,6 +11,7 @@ use crate::{
     Hset, KvError, Kvpair, Storage, Value,
 };
 
+// ANCHOR: check_table
 /// Rejects the empty table name, so a typo does not silently create it.
 fn check_table(table: &str) -> Result<(), KvError> {
     if table.is_empty() {
@@ -18,6 +19,7 @@ fn check_table(table: &str) -> Result<(), KvError> {
     }
     Ok(())
 }
+// ANCHOR_END: check_table
 
 // ANCHOR: check_pair
 /// The key and value of a pair to store, or 400 if the value is missing.

@@ -4,6 +4,10 @@ use thiserror::Error;
 
 // ANCHOR: error
 /// Everything that can go wrong while serving a request.
+///
+/// Each message includes its cause, because the message is all that a
+/// client is told. So no variant also hands out the cause as its
+/// `source()`: a report that prints the whole chain would repeat it.
 #[derive(Debug, Error)]
 pub enum KvError {
     #[error("key `{key}` not found in table `{table}`")]
@@ -13,13 +17,13 @@ pub enum KvError {
     InvalidCommand(String),
 
     #[error("storage error: {0}")]
-    Storage(#[from] Box<redb::Error>),
+    Storage(Box<redb::Error>),
 
-    #[error("value of key `{key}` in table `{table}` is corrupt: {source}")]
+    #[error("value of key `{key}` in table `{table}` is corrupt: {error}")]
     CorruptValue {
         table: String,
         key: String,
-        source: prost::DecodeError,
+        error: prost::DecodeError,
     },
 
     #[error("frame of {len} bytes is larger than the limit of {max} bytes")]
@@ -29,10 +33,10 @@ pub enum KvError {
     BadFrame(String),
 
     #[error("cannot decode message: {0}")]
-    Decode(#[from] prost::DecodeError),
+    Decode(prost::DecodeError),
 
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 
     #[error("TLS error: {0}")]
     Tls(String),
@@ -88,6 +92,18 @@ impl From<rcgen::Error> for KvError {
     }
 }
 // ANCHOR_END: status
+
+impl From<std::io::Error> for KvError {
+    fn from(err: std::io::Error) -> Self {
+        KvError::Io(err)
+    }
+}
+
+impl From<prost::DecodeError> for KvError {
+    fn from(err: prost::DecodeError) -> Self {
+        KvError::Decode(err)
+    }
+}
 
 // ANCHOR: from_redb
 // redb has an error type per operation (opening a table, starting or
@@ -151,5 +167,9 @@ mod tests {
         let storage = KvError::from(redb::StorageError::Corrupted("bad page".into()));
         assert_eq!(storage.status(), 500);
         assert!(storage.to_string().contains("bad page"), "{storage}");
+        assert!(
+            std::error::Error::source(&storage).is_none(),
+            "the cause is in the message, and only there"
+        );
     }
 }

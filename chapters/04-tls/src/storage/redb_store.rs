@@ -51,10 +51,10 @@ impl RedbStore {
 
 // ANCHOR: decode
 fn decode(table: &str, key: &str, bytes: &[u8]) -> Result<Value, KvError> {
-    Value::decode(bytes).map_err(|source| KvError::CorruptValue {
+    Value::decode(bytes).map_err(|error| KvError::CorruptValue {
         table: table.into(),
         key: key.into(),
-        source,
+        error,
     })
 }
 // ANCHOR_END: decode

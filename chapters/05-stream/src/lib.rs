@@ -1,0 +1,34 @@
+//! A key-value server, built one chapter at a time.
+//!
+//! So far: the protocol ([`CommandRequest`], [`CommandResponse`]), the
+//! errors ([`KvError`]), where data lives ([`Storage`], with [`MemTable`]
+//! in memory and [`RedbStore`] on disk) and the [`Service`] that turns a
+//! request into a response, with hooks that watch and adjust its work. On
+//! the network: [frames](FrameCoder) on TCP, served by [`serve`] and used
+//! by [`ProstClientStream`].
+
+mod certs;
+mod error;
+mod network;
+mod pb;
+mod server;
+mod service;
+mod storage;
+mod tls;
+
+pub use certs::{DevCertPaths, DevCerts};
+pub use error::KvError;
+pub use network::{
+    COMPRESSION_LIMIT, DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, MAX_WIRE_LEN, ProstClientStream,
+    ProstServerStream, ProstStream, WRITE_BACKPRESSURE, read_frame,
+};
+pub use pb::abi::{
+    CommandRequest, CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset,
+    Hset, Kvpair, Value, command_request::RequestData, value,
+};
+pub use server::serve;
+pub use service::{CommandService, Hook, HookMut, Service, ServiceBuilder};
+pub use storage::{MemTable, RedbStore, Storage, StorageIter};
+pub use tls::{
+    ALPN_KV, DEFAULT_HANDSHAKE_TIMEOUT, TlsClientConnector, TlsServerAcceptor, load_certs, load_key,
+};

@@ -1,0 +1,424 @@
+//! `ProstStream`: frames on a byte stream, as a `futures` `Stream` of
+//! decoded messages and a `Sink` of messages to encode.
+
+use std::{
+    io::{self, ErrorKind},
+    marker::PhantomData,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, BytesMut};
+use futures::{Sink, Stream, stream::FusedStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
+
+use super::frame::{DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, READ_CHUNK, parse_header};
+use crate::KvError;
+
+// ANCHOR: struct
+/// Once this many encoded bytes wait in the write buffer, `poll_ready`
+/// writes them out before it accepts another message.
+pub const WRITE_BACKPRESSURE: usize = 64 * 1024;
+
+/// Frames on a byte stream `S`: a [`Stream`] of the `In` messages that
+/// arrive and a [`Sink`] for the `Out` messages to send.
+///
+/// Any `poll_*` call may return `Pending` half-way, with a frame partly
+/// read or partly written, and the next call must go on from exactly
+/// there. So everything in flight lives here, in the struct, and nothing
+/// in a local variable of a `poll_*` method.
+pub struct ProstStream<S, In, Out> {
+    stream: S,
+    /// Bytes read but not yet decoded: part of a frame, or several frames.
+    read_buf: BytesMut,
+    /// Encoded frames not yet written. What was written is cut off the
+    /// front, so the buffer's start is the write position.
+    write_buf: BytesMut,
+    max_frame: usize,
+    /// Set once the stream cannot yield another message.
+    terminated: bool,
+    // `fn() -> T` says "produces In and Out" without owning any: the
+    // stream is `Send`, `Sync` and `Unpin` whatever the message types are.
+    _messages: PhantomData<fn() -> (In, Out)>,
+}
+// ANCHOR_END: struct
+
+impl<S, In, Out> ProstStream<S, In, Out>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    In: FrameCoder,
+    Out: FrameCoder,
+{
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
+            max_frame: DEFAULT_MAX_FRAME,
+            terminated: false,
+            _messages: PhantomData,
+        }
+    }
+
+    /// Sets the largest payload accepted, before and after inflating.
+    pub fn max_frame(mut self, max_len: usize) -> Self {
+        self.max_frame = max_len;
+        self
+    }
+
+    /// The stream inside, for what the frames do not cover (TLS details,
+    /// shutting down). Bytes still in the buffers are not in it.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    // ANCHOR: next_frame
+    /// Splits the first whole frame off `read_buf`, if it holds one.
+    /// A header over the limit is an error at once: its payload will not
+    /// be read, so no later frame can be found either.
+    fn next_frame(&mut self) -> Result<Option<BytesMut>, KvError> {
+        if self.read_buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let (_, len) = parse_header(&self.read_buf[..HEADER_LEN]);
+        if len > self.max_frame {
+            return Err(KvError::FrameTooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        if self.read_buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        Ok(Some(self.read_buf.split_to(HEADER_LEN + len)))
+    }
+    // ANCHOR_END: next_frame
+
+    // ANCHOR: poll_write_buf
+    /// Writes `write_buf` out, as far as the stream takes it now.
+    fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
+        while !self.write_buf.is_empty() {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.write_buf))?;
+            if n == 0 {
+                // A stream that takes nothing will never take the rest.
+                return Poll::Ready(Err(io::Error::from(ErrorKind::WriteZero).into()));
+            }
+            self.write_buf.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+    // ANCHOR_END: poll_write_buf
+}
+
+// ANCHOR: stream
+impl<S, In, Out> Stream for ProstStream<S, In, Out>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    In: FrameCoder,
+    Out: FrameCoder,
+{
+    type Item = Result<In, KvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Every field is `Unpin`, so a pinned `ProstStream` may be used as
+        // a plain `&mut`.
+        let this = self.get_mut();
+        loop {
+            if this.terminated {
+                return Poll::Ready(None);
+            }
+            match this.next_frame() {
+                // A whole frame: decode it. If it does not decode, the
+                // error is the item, and the next frame comes after it.
+                Ok(Some(mut frame)) => {
+                    return Poll::Ready(Some(In::decode_frame(&mut frame, this.max_frame)));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    this.terminated = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
+            }
+
+            // No whole frame yet: read more. `ready!` returns `Pending`
+            // from here if no bytes are there; whatever was read before
+            // stays in `read_buf` for the next call.
+            if this.read_buf.capacity() == this.read_buf.len() {
+                this.read_buf.reserve(READ_CHUNK);
+            }
+            let read = ready!(poll_read_buf(
+                Pin::new(&mut this.stream),
+                cx,
+                &mut this.read_buf
+            ));
+            let ended_cleanly = this.read_buf.is_empty();
+            match read {
+                Ok(n) if n > 0 => continue,
+                // The peer hung up (TLS may say so as UnexpectedEof, see
+                // `read_frame`): fine between frames, an error inside one.
+                Ok(_) => this.terminated = true,
+                Err(err) if err.kind() == ErrorKind::UnexpectedEof => this.terminated = true,
+                Err(err) => {
+                    this.terminated = true;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+            }
+            if !ended_cleanly {
+                let got = this.read_buf.len();
+                this.read_buf.clear();
+                let message = format!("stream ended inside a frame, after {got} bytes");
+                return Poll::Ready(Some(Err(KvError::BadFrame(message))));
+            }
+        }
+    }
+}
+
+impl<S, In, Out> FusedStream for ProstStream<S, In, Out>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    In: FrameCoder,
+    Out: FrameCoder,
+{
+    fn is_terminated(&self) -> bool {
+        self.terminated
+    }
+}
+// ANCHOR_END: stream
+
+// ANCHOR: sink
+impl<S, In, Out> Sink<Out> for ProstStream<S, In, Out>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    In: FrameCoder,
+    Out: FrameCoder,
+{
+    type Error = KvError;
+
+    /// Ready for another message, unless much is waiting to be written:
+    /// then write first, so that a fast sender cannot fill memory.
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
+        let this = self.get_mut();
+        if this.write_buf.len() >= WRITE_BACKPRESSURE {
+            ready!(this.poll_write_buf(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Encodes the message into the write buffer; writes nothing yet.
+    fn start_send(self: Pin<&mut Self>, item: Out) -> Result<(), KvError> {
+        item.encode_frame(&mut self.get_mut().write_buf)
+    }
+
+    /// Writes everything buffered, then flushes the stream.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_buf(cx))?;
+        ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Flushes, then shuts the stream down for writing (on TLS, this sends
+    /// close_notify).
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_buf(cx))?;
+        ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
+        ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+        Poll::Ready(Ok(()))
+    }
+}
+// ANCHOR_END: sink
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use bytes::BufMut;
+    use futures::{FutureExt, SinkExt, StreamExt, TryStreamExt};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{CommandRequest, network::dummy::DummyStream};
+
+    /// A loopback `ProstStream` that reads back the requests it sends.
+    type Loopback = ProstStream<DummyStream, CommandRequest, CommandRequest>;
+
+    fn requests(count: usize) -> Vec<CommandRequest> {
+        // Sizes from a few bytes to well past the compression limit.
+        (0..count)
+            .map(|i| CommandRequest::new_hset("t", i.to_string(), "v".repeat(i * 97 % 5000)))
+            .collect()
+    }
+
+    // ANCHOR: round_trip_tests
+    #[tokio::test]
+    async fn send_then_receive() {
+        let mut stream = Loopback::new(DummyStream::new(BytesMut::new()));
+        let request = CommandRequest::new_hget("t", "k");
+        stream.send(request.clone()).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), request);
+    }
+
+    #[tokio::test]
+    async fn many_frames_through_one_byte_chunks() {
+        let mut stream = Loopback::new(DummyStream::new(BytesMut::new()).trickle(1));
+        let requests = requests(30);
+        for request in &requests {
+            stream.send(request.clone()).await.unwrap();
+            assert_eq!(&stream.next().await.unwrap().unwrap(), request);
+        }
+    }
+
+    #[tokio::test]
+    async fn several_frames_fed_before_one_flush() {
+        let mut stream = Loopback::new(DummyStream::new(BytesMut::new()).trickle(3));
+        let requests = requests(5);
+        for request in &requests {
+            stream.feed(request.clone()).await.unwrap();
+        }
+        assert!(stream.get_mut().unread().is_empty(), "feed writes nothing");
+        stream.flush().await.unwrap();
+        stream.close().await.unwrap();
+        let received: Vec<_> = stream.try_collect().await.unwrap();
+        assert_eq!(received, requests);
+    }
+    // ANCHOR_END: round_trip_tests
+
+    // ANCHOR: error_tests
+    #[tokio::test]
+    async fn a_corrupt_frame_then_a_good_one() {
+        let good = CommandRequest::new_hexist("t", "k");
+        let mut wire = BytesMut::new();
+        wire.put_u32(3);
+        wire.extend_from_slice(b"\xff\xff\xff");
+        good.encode_frame(&mut wire).unwrap();
+        let mut stream = Loopback::new(DummyStream::new(wire).trickle(2));
+
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(matches!(err, KvError::Decode(_)), "{err}");
+        assert!(!stream.is_terminated(), "still in step");
+        assert_eq!(stream.next().await.unwrap().unwrap(), good);
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_ends_the_stream() {
+        let mut wire = BytesMut::new();
+        wire.put_u32(1 << 20);
+        let mut stream = Loopback::new(DummyStream::new(wire)).max_frame(1024);
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(matches!(err, KvError::FrameTooLarge { .. }), "{err}");
+        assert!(stream.is_terminated());
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_end_inside_a_frame_is_an_error_then_the_end() {
+        let mut wire = BytesMut::new();
+        CommandRequest::new_hget("t", "k")
+            .encode_frame(&mut wire)
+            .unwrap();
+        wire.truncate(wire.len() - 1);
+        let mut stream = Loopback::new(DummyStream::new(wire));
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(
+            err.to_string().contains("stream ended inside a frame"),
+            "{err}"
+        );
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn leaving_without_close_notify_between_frames_is_a_clean_end() {
+        let stream = DummyStream::new(BytesMut::new()).fail_with(ErrorKind::UnexpectedEof);
+        assert!(Loopback::new(stream).next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_takes_no_bytes_is_an_error_not_a_hang() {
+        let mut stream = Loopback::new(DummyStream::new(BytesMut::new()).write_zero());
+        let err = stream
+            .send(CommandRequest::new_hget("t", "k"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, KvError::Io(ref e) if e.kind() == ErrorKind::WriteZero),
+            "{err}"
+        );
+    }
+    // ANCHOR_END: error_tests
+
+    // ANCHOR: backpressure_test
+    #[tokio::test]
+    async fn poll_ready_holds_back_a_sender_the_reader_cannot_keep_up_with() {
+        // Nobody reads the other end of this pipe, so once its 4 KiB are
+        // full every write is `Pending`.
+        let (near, _far) = tokio::io::duplex(4096);
+        let mut stream = ProstStream::<_, CommandRequest, CommandRequest>::new(near);
+        let request = CommandRequest::new_hset("t", "k", "x".repeat(1000));
+        let mut accepted = 0;
+        while stream.feed(request.clone()).now_or_never().is_some() {
+            accepted += 1;
+            assert!(accepted < 1000, "the sink never pushed back");
+        }
+        // It took about one threshold's worth of frames, wrote the 4 KiB
+        // the pipe holds, and now waits for the pipe before taking more.
+        let waiting = stream.write_buf.len();
+        assert!(waiting >= WRITE_BACKPRESSURE - 4096, "{waiting}");
+        assert!(waiting < WRITE_BACKPRESSURE + 1100, "{waiting}");
+    }
+    // ANCHOR_END: backpressure_test
+
+    #[tokio::test]
+    async fn close_flushes_then_shuts_down() {
+        let mut stream = Loopback::new(DummyStream::new(BytesMut::new()).trickle(7));
+        stream
+            .feed(CommandRequest::new_hget("t", "k"))
+            .await
+            .unwrap();
+        stream.close().await.unwrap();
+        assert!(stream.get_mut().is_shut_down());
+        assert!(
+            !stream.get_mut().unread().is_empty(),
+            "the frame was written first"
+        );
+    }
+
+    #[test]
+    fn prost_stream_is_unpin_send_and_sync() {
+        fn check<T: Unpin + Send + Sync>() {}
+        check::<ProstStream<tokio::net::TcpStream, CommandRequest, CommandResponse>>();
+    }
+
+    use crate::CommandResponse;
+
+    // ANCHOR: proptest
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Any messages, through any chunk size, come out as they went in.
+        #[test]
+        fn frames_survive_any_chunk_size(
+            chunk in 1usize..200,
+            sizes in proptest::collection::vec(0usize..6000, 1..12),
+        ) {
+            let requests: Vec<_> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &size)| CommandRequest::new_hset("t", i.to_string(), "z".repeat(size)))
+                .collect();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let received: Vec<CommandRequest> = runtime.block_on(async {
+                let mut stream = Loopback::new(DummyStream::new(BytesMut::new()).trickle(chunk));
+                for request in &requests {
+                    stream.feed(request.clone()).await.unwrap();
+                }
+                stream.close().await.unwrap();
+                stream.try_collect().await.unwrap()
+            });
+            prop_assert_eq!(received, requests);
+        }
+    }
+    // ANCHOR_END: proptest
+}

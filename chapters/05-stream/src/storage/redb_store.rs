@@ -1,0 +1,195 @@
+use std::path::Path;
+
+use prost::Message;
+use redb::{Database, ReadOnlyTable, ReadableDatabase, TableDefinition, TableError};
+
+use crate::{KvError, Kvpair, Storage, StorageIter, Value};
+
+// ANCHOR: layout
+/// Every table of the KV store is a redb table of the same name, from the
+/// key to the protobuf encoding of the value.
+type KvTable<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
+
+fn definition(table: &str) -> KvTable<'_> {
+    TableDefinition::new(table)
+}
+// ANCHOR_END: layout
+
+// ANCHOR: struct
+/// A [`Storage`] in a [redb](https://docs.rs/redb) database file: the data
+/// outlives the process.
+///
+/// Each call is one transaction, and a write is on disk when it returns.
+/// redb runs any number of readers next to one writer, and readers see a
+/// consistent snapshot.
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens the database at `path`, creating the file if it is missing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, KvError> {
+        Ok(Self {
+            db: Database::create(path)?,
+        })
+    }
+
+    /// The table for reading, or `None` if it was never written to.
+    fn read_table(
+        &self,
+        table: &str,
+    ) -> Result<Option<ReadOnlyTable<&'static str, &'static [u8]>>, KvError> {
+        let txn = self.db.begin_read()?;
+        match txn.open_table(definition(table)) {
+            Ok(t) => Ok(Some(t)),
+            Err(TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+// ANCHOR_END: struct
+
+// ANCHOR: decode
+fn decode(table: &str, key: &str, bytes: &[u8]) -> Result<Value, KvError> {
+    Value::decode(bytes).map_err(|error| KvError::CorruptValue {
+        table: table.into(),
+        key: key.into(),
+        error,
+    })
+}
+// ANCHOR_END: decode
+
+// ANCHOR: storage
+impl Storage for RedbStore {
+    fn get(&self, table: &str, key: &str) -> Result<Option<Value>, KvError> {
+        let Some(t) = self.read_table(table)? else {
+            return Ok(None);
+        };
+        match t.get(key)? {
+            Some(bytes) => Ok(Some(decode(table, key, bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set(&self, table: &str, key: String, value: Value) -> Result<Option<Value>, KvError> {
+        let txn = self.db.begin_write()?;
+        let previous = {
+            // Opening a table in a write transaction creates it.
+            let mut t = txn.open_table(definition(table))?;
+            let previous = t.insert(key.as_str(), value.encode_to_vec().as_slice())?;
+            previous
+                .map(|bytes| decode(table, &key, bytes.value()))
+                .transpose()?
+        };
+        txn.commit()?;
+        Ok(previous)
+    }
+
+    fn contains(&self, table: &str, key: &str) -> Result<bool, KvError> {
+        match self.read_table(table)? {
+            Some(t) => Ok(t.get(key)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    fn del(&self, table: &str, key: &str) -> Result<Option<Value>, KvError> {
+        // Check first, so that deleting from a missing table does not
+        // create it. Tables are never dropped, so it cannot vanish between
+        // this check and the write below.
+        if self.read_table(table)?.is_none() {
+            return Ok(None);
+        }
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut t = txn.open_table(definition(table))?;
+            let removed = t.remove(key)?;
+            removed
+                .map(|bytes| decode(table, key, bytes.value()))
+                .transpose()?
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    fn iter(&self, table: &str) -> Result<StorageIter<'_>, KvError> {
+        let Some(t) = self.read_table(table)? else {
+            return Ok(Box::new(std::iter::empty()));
+        };
+        // The range keeps its read transaction alive: the iterator walks a
+        // snapshot, in key order, without copying the table first.
+        let table = table.to_owned();
+        let pairs = t.range::<&str>(..)?.map(move |entry| {
+            let (key, bytes) = entry?;
+            let value = decode(&table, key.value(), bytes.value())?;
+            Ok(Kvpair::new(key.value(), value))
+        });
+        Ok(Box::new(pairs))
+    }
+}
+// ANCHOR_END: storage
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::conformance::storage_conformance;
+
+    /// A store in an anonymous temporary file, removed when it is closed.
+    fn temp_store() -> RedbStore {
+        let file = tempfile::tempfile().unwrap();
+        let backend = redb::backends::FileBackend::new(file).unwrap();
+        RedbStore {
+            db: Database::builder().create_with_backend(backend).unwrap(),
+        }
+    }
+
+    storage_conformance!(temp_store());
+
+    // ANCHOR: reopen_test
+    #[test]
+    fn data_survives_closing_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+
+        let store = RedbStore::open(&path).unwrap();
+        store.set("t", "k".into(), "kept".into()).unwrap();
+        store.set("t", "gone".into(), 1i64.into()).unwrap();
+        store.del("t", "gone").unwrap();
+        drop(store);
+
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.get("t", "k").unwrap(), Some("kept".into()));
+        assert_eq!(store.get_all("t").unwrap(), [Kvpair::new("k", "kept")]);
+    }
+    // ANCHOR_END: reopen_test
+
+    #[test]
+    fn reading_or_deleting_does_not_create_a_table() {
+        let store = temp_store();
+        store.get("ghost", "k").unwrap();
+        store.contains("ghost", "k").unwrap();
+        store.del("ghost", "k").unwrap();
+        store.get_all("ghost").unwrap();
+        assert!(store.read_table("ghost").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_corrupt_value_is_an_error_that_names_table_and_key() {
+        let store = temp_store();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(definition("t"))
+            .unwrap()
+            .insert("k", &[0xff_u8, 0xff][..])
+            .unwrap();
+        txn.commit().unwrap();
+
+        let err = store.get("t", "k").unwrap_err();
+        assert_eq!(err.status(), 500);
+        assert!(
+            err.to_string()
+                .starts_with("value of key `k` in table `t` is corrupt"),
+            "{err}"
+        );
+        let err = store.get_all("t").unwrap_err();
+        assert!(matches!(err, KvError::CorruptValue { .. }), "{err}");
+    }
+}

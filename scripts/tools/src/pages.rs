@@ -2,8 +2,10 @@
 //! changes.
 
 use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::diff::{Change, ChapterDiff};
 use crate::includes::{find_links, normalize};
@@ -11,8 +13,10 @@ use crate::repo::{self, Repo};
 use crate::report::Problem;
 
 /// Checks the page `book/src/<chapter dir>.md` of every chapter: the first
-/// chapter's page must exist; a later one's must include the diff of every
-/// changed file (for an added file, the chapter's own file also counts).
+/// chapter's page must exist; a later one's must exist, and together with
+/// the chapter's other pages (`book/src/NN-*.md`, such as an interlude)
+/// include the diff of every changed file (for an added file, the
+/// chapter's own file also counts).
 pub fn check(repo: &Repo, diffs: &[ChapterDiff]) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
     let chapters = repo.chapters()?;
@@ -29,12 +33,16 @@ pub fn check(repo: &Repo, diffs: &[ChapterDiff]) -> Result<Vec<Problem>> {
             problems.push(Problem::file(page, "missing page of the chapter"));
             continue;
         }
-        let text = repo::read_string(&abs)?;
-        let dir = abs.parent().unwrap_or(&repo.root);
-        let shown: BTreeSet<String> = find_links(&text)
-            .iter()
-            .map(|link| repo.rel(&normalize(dir, &link.path)))
-            .collect();
+        let mut shown = BTreeSet::new();
+        for page in chapter_pages(repo, &cd.chapter.nn())? {
+            let text = repo::read_string(&page)?;
+            let dir = page.parent().unwrap_or(&repo.root);
+            shown.extend(
+                find_links(&text)
+                    .iter()
+                    .map(|link| repo.rel(&normalize(dir, &link.path))),
+            );
+        }
         for file in &cd.files {
             let diff = cd.diff_path(file);
             let own = format!("chapters/{}/{}", cd.chapter.name, file.path);
@@ -55,6 +63,24 @@ pub fn check(repo: &Repo, diffs: &[ChapterDiff]) -> Result<Vec<Problem>> {
         }
     }
     Ok(problems)
+}
+
+/// Every page of chapter `nn`: `book/src/NN-*.md`, in name order.
+fn chapter_pages(repo: &Repo, nn: &str) -> Result<Vec<PathBuf>> {
+    let src = repo.root.join("book/src");
+    let prefix = format!("{nn}-");
+    let mut pages = Vec::new();
+    for entry in fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
+        let path = entry
+            .with_context(|| format!("reading {}", src.display()))?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(&prefix) && name.ends_with(".md") {
+            pages.push(path);
+        }
+    }
+    pages.sort();
+    Ok(pages)
 }
 
 /// The page of a chapter, relative to the root.

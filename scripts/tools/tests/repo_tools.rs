@@ -554,6 +554,24 @@ fn check_pages_counts_the_diff_of_an_added_file_and_any_range() {
 }
 
 #[test]
+fn check_pages_counts_what_the_chapters_other_pages_show() {
+    let fake = Fake::new();
+    let extra = "{{#include ../../chapters/02-b/src/extra.rs:extra}}";
+    fake.edit("book/src/02-b.md", extra, "");
+    // A second page of chapter 02 shows it; a page of chapter 01 would not.
+    fake.write("book/src/01-a-notes.md", &format!("{extra}\n"));
+    fake.assert_fails(
+        Check::Pages,
+        &["book/src/02-b.md: never shows src/extra.rs (added): add {{#include diffs/02/src/extra.rs.diff}} or include ../../chapters/02-b/src/extra.rs"],
+    );
+    fake.write(
+        "book/src/02-interlude.md",
+        &format!("# Interlude\n\n{extra}\n"),
+    );
+    fake.assert_passes(Check::Pages);
+}
+
+#[test]
 fn check_pages_reports_missing_pages() {
     let fake = Fake::new();
     fs::remove_file(fake.path("book/src/01-a.md")).expect("rm");

@@ -337,26 +337,35 @@ mod tests {
     }
 
     // ANCHOR: read_frame_tests
+    /// The frames of `requests`, back to back.
+    fn wire(requests: &[CommandRequest]) -> BytesMut {
+        let mut wire = BytesMut::new();
+        for request in requests {
+            request.encode_frame(&mut wire).unwrap();
+        }
+        wire
+    }
+
+    /// Reads `requests` from `stream` with `read_frame`, then a clean end.
+    async fn assert_reads(stream: &mut DummyStream, requests: &[CommandRequest]) {
+        let mut buf = BytesMut::new();
+        for request in requests {
+            assert!(read_frame(stream, &mut buf, 1 << 20).await.unwrap());
+            assert_eq!(
+                &CommandRequest::decode_frame(&mut buf, 1 << 20).unwrap(),
+                request
+            );
+        }
+        assert!(!read_frame(stream, &mut buf, 1 << 20).await.unwrap());
+    }
+
     #[tokio::test]
     async fn read_frame_reads_frame_after_frame_then_a_clean_end() {
         let requests = [
             CommandRequest::new_hget("t", "k"),
             CommandRequest::new_hset("t", "k", "z".repeat(3000)),
         ];
-        let mut wire = BytesMut::new();
-        for request in &requests {
-            request.encode_frame(&mut wire).unwrap();
-        }
-        let mut stream = DummyStream::new(wire);
-        let mut buf = BytesMut::new();
-        for request in &requests {
-            assert!(read_frame(&mut stream, &mut buf, 1 << 20).await.unwrap());
-            assert_eq!(
-                &CommandRequest::decode_frame(&mut buf, 1 << 20).unwrap(),
-                request
-            );
-        }
-        assert!(!read_frame(&mut stream, &mut buf, 1 << 20).await.unwrap());
+        assert_reads(&mut DummyStream::new(wire(&requests)), &requests).await;
     }
 
     #[tokio::test]
@@ -364,20 +373,7 @@ mod tests {
         let requests: Vec<_> = (0..20)
             .map(|i| CommandRequest::new_hset("t", i.to_string(), "w".repeat(i * 200)))
             .collect();
-        let mut wire = BytesMut::new();
-        for request in &requests {
-            request.encode_frame(&mut wire).unwrap();
-        }
-        let mut stream = DummyStream::new(wire).trickle(1);
-        let mut buf = BytesMut::new();
-        for request in &requests {
-            assert!(read_frame(&mut stream, &mut buf, 1 << 20).await.unwrap());
-            assert_eq!(
-                &CommandRequest::decode_frame(&mut buf, 1 << 20).unwrap(),
-                request
-            );
-        }
-        assert!(!read_frame(&mut stream, &mut buf, 1 << 20).await.unwrap());
+        assert_reads(&mut DummyStream::new(wire(&requests)).trickle(1), &requests).await;
     }
 
     #[tokio::test]

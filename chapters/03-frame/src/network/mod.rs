@@ -65,12 +65,13 @@ where
                     let mut frame = BytesMut::new();
                     CommandResponse::from(&err).encode_frame(&mut frame)?;
                     self.write(&frame).await?;
+                    self.service.after_send();
                     self.linger().await;
                     return Err(err);
                 }
                 Err(err) => return Err(err),
             }
-            let response = self.respond(buf.split()).await?;
+            let response = self.respond(std::mem::take(&mut buf)).await?;
             self.write(&response).await?;
             self.service.after_send();
         }
@@ -112,10 +113,12 @@ where
     /// the kernel reset the connection, and the reset can destroy the
     /// response we just sent before the client has read it.
     async fn linger(&mut self) {
-        let _ = self.inner.shutdown().await;
         let mut sink = [0; 4096];
-        let drain = async { while matches!(self.inner.read(&mut sink).await, Ok(n) if n > 0) {} };
-        let _ = tokio::time::timeout(LINGER, drain).await;
+        let linger = async {
+            let _ = self.inner.shutdown().await;
+            while matches!(self.inner.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(LINGER, linger).await;
     }
 }
 // ANCHOR_END: server_stream

@@ -10,8 +10,13 @@ use crate::{KvError, Kvpair, Storage, StorageIter, Value};
 /// key to the protobuf encoding of the value.
 type KvTable<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
 
-fn definition(table: &str) -> KvTable<'_> {
-    TableDefinition::new(table)
+/// The redb table for `table`. redb cannot name a table with the empty
+/// string (it panics), so that is an error here.
+fn definition(table: &str) -> Result<KvTable<'_>, KvError> {
+    if table.is_empty() {
+        return Err(KvError::InvalidCommand("the table name is empty".into()));
+    }
+    Ok(TableDefinition::new(table))
 }
 // ANCHOR_END: layout
 
@@ -40,7 +45,7 @@ impl RedbStore {
         table: &str,
     ) -> Result<Option<ReadOnlyTable<&'static str, &'static [u8]>>, KvError> {
         let txn = self.db.begin_read()?;
-        match txn.open_table(definition(table)) {
+        match txn.open_table(definition(table)?) {
             Ok(t) => Ok(Some(t)),
             Err(TableError::TableDoesNotExist(_)) => Ok(None),
             Err(err) => Err(err.into()),
@@ -75,7 +80,7 @@ impl Storage for RedbStore {
         let txn = self.db.begin_write()?;
         let previous = {
             // Opening a table in a write transaction creates it.
-            let mut t = txn.open_table(definition(table))?;
+            let mut t = txn.open_table(definition(table)?)?;
             let previous = t.insert(key.as_str(), value.encode_to_vec().as_slice())?;
             previous
                 .map(|bytes| decode(table, &key, bytes.value()))
@@ -101,7 +106,7 @@ impl Storage for RedbStore {
         }
         let txn = self.db.begin_write()?;
         let removed = {
-            let mut t = txn.open_table(definition(table))?;
+            let mut t = txn.open_table(definition(table)?)?;
             let removed = t.remove(key)?;
             removed
                 .map(|bytes| decode(table, key, bytes.value()))
@@ -163,6 +168,15 @@ mod tests {
     // ANCHOR_END: reopen_test
 
     #[test]
+    fn an_empty_table_name_is_an_error_not_a_panic() {
+        let store = temp_store();
+        let err = store.set("", "k".into(), 1i64.into()).unwrap_err();
+        assert_eq!(err.to_string(), "invalid command: the table name is empty");
+        assert!(store.get("", "k").is_err());
+        assert!(store.iter("").is_err());
+    }
+
+    #[test]
     fn reading_or_deleting_does_not_create_a_table() {
         let store = temp_store();
         store.get("ghost", "k").unwrap();
@@ -176,7 +190,7 @@ mod tests {
     fn a_corrupt_value_is_an_error_that_names_table_and_key() {
         let store = temp_store();
         let txn = store.db.begin_write().unwrap();
-        txn.open_table(definition("t"))
+        txn.open_table(definition("t").unwrap())
             .unwrap()
             .insert("k", &[0xff_u8, 0xff][..])
             .unwrap();

@@ -93,7 +93,8 @@ pub trait FrameCoder: Message + Default + Sized {
     /// `max_len` is an error: the check happens while inflating, so a
     /// small frame cannot make us allocate gigabytes (a "gzip bomb").
     fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Self, KvError> {
-        let frame = buf.split();
+        // Take the whole buffer, allocation and all: `buf` starts afresh.
+        let frame = std::mem::take(buf);
         if frame.len() < HEADER_LEN {
             return Err(KvError::BadFrame("shorter than a frame header".into()));
         }
@@ -112,7 +113,7 @@ pub trait FrameCoder: Message + Default + Sized {
         let mut inflated = Vec::new();
         // Read at most one byte more than allowed: getting it means "too big".
         GzDecoder::new(payload)
-            .take(max_len as u64 + 1)
+            .take((max_len as u64).saturating_add(1))
             .read_to_end(&mut inflated)
             .map_err(|err| KvError::BadFrame(format!("invalid gzip payload: {err}")))?;
         if inflated.len() > max_len {
@@ -176,6 +177,11 @@ where
         return Err(KvError::FrameTooLarge { len, max: max_len });
     }
 
+    if buf.capacity() > READ_CHUNK {
+        // An earlier frame was large. Start small again, so that a
+        // connection does not keep its largest buffer for good.
+        *buf = BytesMut::new();
+    }
     buf.clear();
     buf.extend_from_slice(&header);
     let end = HEADER_LEN + len;
@@ -421,6 +427,22 @@ mod tests {
         let mut stream = DummyStream::new(&[0u8][..]).fail_with(ErrorKind::UnexpectedEof);
         let err = read_frame(&mut stream, &mut buf, 1024).await.unwrap_err();
         assert!(matches!(err, KvError::Io(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_leaves_no_large_buffer_behind() {
+        let requests = [
+            CommandRequest::new_hset("t", "k", random_bytes(300_000)),
+            CommandRequest::new_hget("t", "k"),
+        ];
+        let mut stream = DummyStream::new(wire(&requests));
+        let mut buf = BytesMut::new();
+        assert!(read_frame(&mut stream, &mut buf, 1 << 20).await.unwrap());
+        assert!(buf.capacity() >= 300_000);
+        CommandRequest::decode_frame(&mut buf, 1 << 20).unwrap();
+        assert_eq!(buf.capacity(), 0, "decode_frame took the buffer");
+        assert!(read_frame(&mut stream, &mut buf, 1 << 20).await.unwrap());
+        assert!(buf.capacity() <= READ_CHUNK, "{}", buf.capacity());
     }
 
     #[tokio::test]

@@ -63,6 +63,7 @@ where
                     // The payload is not read, so the next frame cannot be
                     // found: answer, then end the connection.
                     self.inner.send(CommandResponse::from(&err)).await?;
+                    self.service.after_send();
                     self.linger().await;
                     return Err(err);
                 }
@@ -94,10 +95,12 @@ where
     /// response we just sent before the client has read it.
     async fn linger(&mut self) {
         let stream = self.inner.get_mut();
-        let _ = stream.shutdown().await;
         let mut sink = [0; 4096];
-        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-        let _ = tokio::time::timeout(LINGER, drain).await;
+        let linger = async {
+            let _ = stream.shutdown().await;
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(LINGER, linger).await;
     }
 }
 // ANCHOR_END: server_stream

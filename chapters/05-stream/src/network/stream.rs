@@ -91,7 +91,14 @@ where
         if self.read_buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
-        Ok(Some(self.read_buf.split_to(HEADER_LEN + len)))
+        let frame = self.read_buf.split_to(HEADER_LEN + len);
+        if self.read_buf.is_empty() && frame.len() > READ_CHUNK {
+            // The rest of the buffer still shares the large frame's
+            // memory. Start afresh, so that the memory goes with the frame
+            // and a connection does not keep its largest buffer for good.
+            self.read_buf = BytesMut::new();
+        }
+        Ok(Some(frame))
     }
     // ANCHOR_END: next_frame
 
@@ -369,6 +376,27 @@ mod tests {
         assert!(waiting < WRITE_BACKPRESSURE + 1100, "{waiting}");
     }
     // ANCHOR_END: backpressure_test
+
+    #[tokio::test]
+    async fn a_large_frame_leaves_no_large_buffer_behind() {
+        // Bytes that do not compress (xorshift), so the frame stays large.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let value: Vec<u8> = (0..300_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let mut stream = Loopback::new(DummyStream::new(BytesMut::new()));
+        stream
+            .send(CommandRequest::new_hset("t", "k", value))
+            .await
+            .unwrap();
+        stream.next().await.unwrap().unwrap();
+        assert_eq!(stream.read_buf.capacity(), 0, "a fresh buffer");
+    }
 
     #[tokio::test]
     async fn close_flushes_then_shuts_down() {

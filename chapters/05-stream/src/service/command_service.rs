@@ -6,9 +6,11 @@
 //! empty `Value` (or `false`) in its place, so answers line up with the
 //! keys asked. A table that was never written to is an empty table.
 
+use prost::Message;
+
 use crate::{
-    CommandResponse, CommandService, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset,
-    Hset, KvError, Kvpair, Storage, Value,
+    CommandResponse, CommandService, DEFAULT_MAX_FRAME, Hdel, Hexist, Hget, Hgetall, Hmdel,
+    Hmexist, Hmget, Hmset, Hset, KvError, Kvpair, Storage, Value,
 };
 
 // ANCHOR: check_table
@@ -20,6 +22,26 @@ fn check_table(table: &str) -> Result<(), KvError> {
     Ok(())
 }
 // ANCHOR_END: check_table
+
+// ANCHOR: response_limit
+/// The most bytes of values and pairs one answer may carry: what a client
+/// accepts in a frame by default. Without a limit, an `hmget` that names
+/// one large value's key a thousand times would make the server copy that
+/// value a thousand times: a request of a few bytes could cost gigabytes.
+pub const MAX_RESPONSE_LEN: usize = DEFAULT_MAX_FRAME;
+
+/// Adds `len` bytes to the size of an answer being built, or fails once
+/// the answer would be larger than [`MAX_RESPONSE_LEN`].
+fn add_to_answer(size: &mut usize, len: usize) -> Result<(), KvError> {
+    *size += len;
+    if *size > MAX_RESPONSE_LEN {
+        return Err(KvError::InvalidCommand(format!(
+            "the answer would be larger than {MAX_RESPONSE_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+// ANCHOR_END: response_limit
 
 // ANCHOR: check_pair
 /// The key and value of a pair to store, or 400 if the value is missing.
@@ -53,7 +75,16 @@ impl CommandService for Hget {
 impl CommandService for Hgetall {
     fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        Ok(store.get_all(&self.table)?.into())
+        let mut size = 0;
+        let pairs = store
+            .iter(&self.table)?
+            .map(|pair| {
+                let pair = pair?;
+                add_to_answer(&mut size, pair.encoded_len())?;
+                Ok(pair)
+            })
+            .collect::<Result<Vec<_>, KvError>>()?;
+        Ok(pairs.into())
     }
 }
 // ANCHOR_END: hgetall
@@ -63,10 +94,15 @@ impl CommandService for Hmget {
     /// Answers one value per key, in order; an empty value for a missing key.
     fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
+        let mut size = 0;
         let values = self
             .keys
             .iter()
-            .map(|key| Ok(store.get(&self.table, key)?.unwrap_or_default()))
+            .map(|key| {
+                let value = store.get(&self.table, key)?.unwrap_or_default();
+                add_to_answer(&mut size, value.encoded_len())?;
+                Ok(value)
+            })
             .collect::<Result<Vec<_>, KvError>>()?;
         Ok(values.into())
     }
@@ -318,6 +354,29 @@ mod tests {
         assert_eq!(service.execute(CommandRequest::new_hgetall("t")).pairs, []);
     }
 
+    // ANCHOR: response_limit_test
+    fn an_answer_over_the_limit_is_refused<S: Storage>(service: Service<S>) {
+        let big = Value::from(vec![7u8; 1 << 20]);
+        service.execute(CommandRequest::new_hset("t", "big", big.clone()));
+        // Fifteen copies of 1 MiB fit in 16 MiB; twenty do not.
+        let res = service.execute(CommandRequest::new_hmget("t", vec!["big"; 15]));
+        assert_eq!(res.values, vec![big; 15]);
+        let res = service.execute(CommandRequest::new_hmget("t", vec!["big"; 20]));
+        let message = "invalid command: the answer would be larger than 16777216 bytes";
+        assert_error(&res, 400, message);
+
+        for i in 0..20 {
+            let value = Value::from(vec![i as u8; 1 << 20]);
+            service.execute(CommandRequest::new_hset("many", i.to_string(), value));
+        }
+        assert_error(
+            &service.execute(CommandRequest::new_hgetall("many")),
+            400,
+            message,
+        );
+    }
+    // ANCHOR_END: response_limit_test
+
     fn an_empty_table_name_is_400<S: Storage>(service: Service<S>) {
         for request in [
             CommandRequest::new_hget("", "k"),
@@ -374,6 +433,7 @@ mod tests {
         hexist_and_hmexist_answer_bools,
         invalid_hset_requests_are_400,
         an_empty_table_name_is_400,
+        an_answer_over_the_limit_is_refused,
     );
     // ANCHOR_END: for_each_backend
 }

@@ -63,7 +63,6 @@ impl DevCerts {
             client_key: client_key.serialize_pem(),
         })
     }
-    // ANCHOR_END: dev_certs
 
     /// Writes the five files into `dir`, creating it if needed. Keys are
     /// readable by their owner only.
@@ -89,9 +88,18 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), KvError> 
     }
     #[cfg(not(unix))]
     let _ = secret;
-    options.open(path)?.write_all(contents.as_bytes())?;
+    let mut file = options.open(path)?;
+    // `mode` only applies when the file is created: make sure an old file
+    // gets it too.
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(contents.as_bytes())?;
     Ok(())
 }
+// ANCHOR_END: dev_certs
 
 // ANCHOR: paths
 /// Where the development certificates live inside a folder.

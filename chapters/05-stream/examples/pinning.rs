@@ -58,8 +58,9 @@ fn main() {
     };
     println!("poll {polls}: ready, sum = {sum}");
 
-    // Moving it now would not compile: `future` is a `Pin<&mut _>`, and a
-    // pinned future that is not `Unpin` gives no `&mut` to move it out of.
-    // let moved = *future; // error[E0507]: cannot move out of dereference
+    // A `&mut` to it would not compile: with one, `mem::swap` could move
+    // it. `Pin` hands out `&mut` only for types that are `Unpin`.
+    // let inner: &mut _ = &mut *future; // error[E0596]: `DerefMut` is not
+    //                                   // implemented for `Pin<&mut ...>`
 }
 // ANCHOR_END: main

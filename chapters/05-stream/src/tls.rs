@@ -53,7 +53,6 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, KvError> 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, KvError> {
     PrivateKeyDer::from_pem_file(path).map_err(|err| KvError::pem("a private key", path, err))
 }
-// ANCHOR_END: pem
 
 /// The certificates to trust, as rustls wants them.
 fn root_store(certs: Vec<CertificateDer<'static>>) -> Result<Arc<RootCertStore>, KvError> {
@@ -63,6 +62,7 @@ fn root_store(certs: Vec<CertificateDer<'static>>) -> Result<Arc<RootCertStore>,
     }
     Ok(Arc::new(roots))
 }
+// ANCHOR_END: pem
 
 // ANCHOR: acceptor
 /// The server's side of TLS: turns an accepted connection into an
@@ -189,16 +189,24 @@ impl TlsClientConnector {
         Self::new(server_name, load_certs(ca)?, identity)
     }
 
-    /// Runs the handshake on `stream`.
+    /// Runs the handshake on `stream`. Fails if it takes too long, if the
+    /// server is not trusted, or if it did not agree to the `kv` protocol.
     pub async fn connect<S>(&self, stream: S) -> Result<client::TlsStream<S>, KvError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let handshake = self.inner.connect(self.server_name.clone(), stream);
-        tokio::time::timeout(self.handshake_timeout, handshake)
+        let stream = tokio::time::timeout(self.handshake_timeout, handshake)
             .await
             .map_err(|_| KvError::Tls("the handshake timed out".into()))?
-            .map_err(|err| KvError::Tls(format!("handshake failed: {err}")))
+            .map_err(|err| KvError::Tls(format!("handshake failed: {err}")))?;
+        // A server that chose no protocol is some other TLS server.
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_KV) {
+            return Err(KvError::Tls(
+                "the server did not agree to protocol `kv`".into(),
+            ));
+        }
+        Ok(stream)
     }
 }
 // ANCHOR_END: connector

@@ -129,6 +129,33 @@ async fn the_server_insists_on_alpn_kv() {
     assert!(res.is_err(), "{res:?}");
     assert_still_serving(addr).await;
 }
+#[tokio::test]
+async fn the_client_insists_on_alpn_kv_too() {
+    // A TLS server like ours in every way but one: it speaks no protocol.
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs(&CERTS.server_cert), common::key(&CERTS.server_key))
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _tls = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+            .accept(tcp)
+            .await;
+    });
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let err = connector(&CERTS, false).connect(tcp).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "TLS error: the server did not agree to protocol `kv`"
+    );
+}
 // ANCHOR_END: rejections
 
 // ANCHOR: misbehaving_clients

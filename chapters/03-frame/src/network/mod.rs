@@ -176,19 +176,25 @@ mod tests {
     #[tokio::test]
     async fn client_and_server_work_through_a_one_byte_pipe() {
         // Each side of the pipe buffers one byte: every read and write is
-        // partial, and every other poll is `Pending`.
+        // partial, and every other poll is `Pending`. A bug that loses a
+        // byte would make this hang, so it runs with a deadline.
         let (client_end, server_end) = tokio::io::duplex(1);
         let service = Service::new(MemTable::new());
         let server = tokio::spawn(ProstServerStream::new(server_end, service).process());
         let mut client = ProstClientStream::new(client_end);
 
-        let big = Value::from("compress me ".repeat(1000));
-        for (key, value) in [("small", Value::from(1i64)), ("big", big)] {
-            let set = CommandRequest::new_hset("t", key, value.clone());
-            assert!(client.execute(set).await.unwrap().is_ok());
-            let res = client.execute(CommandRequest::new_hget("t", key)).await;
-            assert_eq!(res.unwrap().values, [value]);
-        }
+        let exchange = async {
+            let big = Value::from("compress me ".repeat(1000));
+            for (key, value) in [("small", Value::from(1i64)), ("big", big)] {
+                let set = CommandRequest::new_hset("t", key, value.clone());
+                assert!(client.execute(set).await.unwrap().is_ok());
+                let res = client.execute(CommandRequest::new_hget("t", key)).await;
+                assert_eq!(res.unwrap().values, [value]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("the exchange finishes");
 
         drop(client);
         server

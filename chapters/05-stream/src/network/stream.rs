@@ -44,6 +44,7 @@ pub struct ProstStream<S, In, Out> {
 }
 // ANCHOR_END: struct
 
+// ANCHOR: new
 impl<S, In, Out> ProstStream<S, In, Out>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -69,9 +70,10 @@ where
 
     /// The stream inside, for what the frames do not cover (TLS details,
     /// shutting down). Bytes still in the buffers are not in it.
-    pub fn get_mut(&mut self) -> &mut S {
+    pub fn inner_mut(&mut self) -> &mut S {
         &mut self.stream
     }
+    // ANCHOR_END: new
 
     // ANCHOR: next_frame
     /// Splits the first whole frame off `read_buf`, if it holds one.
@@ -248,6 +250,7 @@ mod tests {
     use super::*;
     use crate::{CommandRequest, network::dummy::DummyStream};
 
+    // ANCHOR: round_trip_tests
     /// A loopback `ProstStream` that reads back the requests it sends.
     type Loopback = ProstStream<DummyStream, CommandRequest, CommandRequest>;
 
@@ -258,7 +261,6 @@ mod tests {
             .collect()
     }
 
-    // ANCHOR: round_trip_tests
     #[tokio::test]
     async fn send_then_receive() {
         let mut stream = Loopback::new(DummyStream::new(BytesMut::new()));
@@ -284,7 +286,10 @@ mod tests {
         for request in &requests {
             stream.feed(request.clone()).await.unwrap();
         }
-        assert!(stream.get_mut().unread().is_empty(), "feed writes nothing");
+        assert!(
+            stream.inner_mut().unread().is_empty(),
+            "feed writes nothing"
+        );
         stream.flush().await.unwrap();
         stream.close().await.unwrap();
         let received: Vec<_> = stream.try_collect().await.unwrap();
@@ -406,20 +411,21 @@ mod tests {
             .await
             .unwrap();
         stream.close().await.unwrap();
-        assert!(stream.get_mut().is_shut_down());
+        assert!(stream.inner_mut().is_shut_down());
         assert!(
-            !stream.get_mut().unread().is_empty(),
+            !stream.inner_mut().unread().is_empty(),
             "the frame was written first"
         );
     }
 
     #[test]
-    fn prost_stream_is_unpin_send_and_sync() {
+    fn prost_stream_is_unpin_send_and_sync_whatever_the_messages() {
         fn check<T: Unpin + Send + Sync>() {}
-        check::<ProstStream<tokio::net::TcpStream, CommandRequest, CommandResponse>>();
+        // `Rc` is neither `Send` nor `Sync`, `PhantomPinned` is not `Unpin`:
+        // the stream holds no message, so it does not inherit either.
+        type Odd = (std::rc::Rc<()>, std::marker::PhantomPinned);
+        check::<ProstStream<tokio::net::TcpStream, Odd, Odd>>();
     }
-
-    use crate::CommandResponse;
 
     // ANCHOR: proptest
     proptest! {

@@ -16,4 +16,4 @@ pub use pb::abi::{
     Hset, Kvpair, Value, command_request::RequestData, value,
 };
 pub use service::{CommandService, Hook, HookMut, Service, ServiceBuilder};
-pub use storage::{MemTable, RedbStore, Storage, StorageIter};
+pub use storage::{MemTable, RedbStore, Storage, StorageIter, TableRead, TableWrite};

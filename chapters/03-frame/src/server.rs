@@ -5,13 +5,33 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::{ProstServerStream, Service, Storage};
+use crate::{DEFAULT_MAX_FRAME, ProstServerStream, Service, Storage};
+
+// ANCHOR: config
+/// How [`serve`] runs. Later chapters add fields here, not parameters to
+/// `serve`; each field has a default.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The largest request payload accepted, before and after inflating.
+    /// Give the service the same limit for its answers
+    /// ([`ServiceBuilder::max_answer`](crate::ServiceBuilder::max_answer)).
+    pub max_frame: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+// ANCHOR_END: config
 
 // ANCHOR: serve
 /// Serves every connection that `listener` accepts, each in a task of its
 /// own, until the returned future is dropped. Connections are independent:
 /// one client's bad frame or sudden disconnect affects no one else.
-pub async fn serve<Store>(listener: TcpListener, service: Service<Store>, max_frame: usize)
+pub async fn serve<Store>(listener: TcpListener, service: Service<Store>, config: ServerConfig)
 where
     Store: Storage + 'static,
 {
@@ -27,7 +47,8 @@ where
             }
         };
         info!(%peer, "client connected");
-        let connection = ProstServerStream::new(stream, service.clone()).max_frame(max_frame);
+        let connection =
+            ProstServerStream::new(stream, service.clone()).max_frame(config.max_frame);
         tokio::spawn(async move {
             match connection.process().await {
                 Ok(()) => info!(%peer, "client disconnected"),

@@ -28,7 +28,7 @@ pub use pb::abi::{
 };
 pub use server::serve;
 pub use service::{CommandService, Hook, HookMut, Service, ServiceBuilder};
-pub use storage::{MemTable, RedbStore, Storage, StorageIter};
+pub use storage::{MemTable, RedbStore, Storage, StorageIter, TableRead, TableWrite};
 pub use tls::{
     ALPN_KV, DEFAULT_HANDSHAKE_TIMEOUT, TlsClientConnector, TlsServerAcceptor, load_certs, load_key,
 };

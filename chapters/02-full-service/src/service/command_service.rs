@@ -63,11 +63,11 @@ impl CommandService for Hmget {
     /// Answers one value per key, in order; an empty value for a missing key.
     fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        let values = self
-            .keys
-            .iter()
-            .map(|key| Ok(store.get(&self.table, key)?.unwrap_or_default()))
-            .collect::<Result<Vec<_>, KvError>>()?;
+        let values = store.read(&self.table, |t| {
+            (self.keys.iter())
+                .map(|key| Ok(t.get(key)?.unwrap_or_default()))
+                .collect::<Result<Vec<_>, KvError>>()
+        })?;
         Ok(values.into())
     }
 }
@@ -100,10 +100,12 @@ impl CommandService for Hmset {
             .into_iter()
             .map(check_pair)
             .collect::<Result<Vec<_>, _>>()?;
-        let previous = pairs
-            .into_iter()
-            .map(|(key, value)| Ok(store.set(&self.table, key, value)?.unwrap_or_default()))
-            .collect::<Result<Vec<_>, KvError>>()?;
+        // One transaction: all pairs are written, or none.
+        let previous = store.write(&self.table, |t| {
+            (pairs.into_iter())
+                .map(|(key, value)| Ok(t.set(key, value)?.unwrap_or_default()))
+                .collect::<Result<Vec<_>, KvError>>()
+        })?;
         Ok(previous.into())
     }
 }
@@ -131,11 +133,11 @@ impl CommandService for Hmdel {
     /// a key that was not there.
     fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        let values = self
-            .keys
-            .iter()
-            .map(|key| Ok(store.del(&self.table, key)?.unwrap_or_default()))
-            .collect::<Result<Vec<_>, KvError>>()?;
+        let values = store.write(&self.table, |t| {
+            (self.keys.iter())
+                .map(|key| Ok(t.del(key)?.unwrap_or_default()))
+                .collect::<Result<Vec<_>, KvError>>()
+        })?;
         Ok(values.into())
     }
 }
@@ -154,11 +156,11 @@ impl CommandService for Hmexist {
     /// Answers one bool per key, in order.
     fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        let values = self
-            .keys
-            .iter()
-            .map(|key| Ok(store.contains(&self.table, key)?.into()))
-            .collect::<Result<Vec<Value>, KvError>>()?;
+        let values = store.read(&self.table, |t| {
+            (self.keys.iter())
+                .map(|key| Ok(t.contains(key)?.into()))
+                .collect::<Result<Vec<Value>, KvError>>()
+        })?;
         Ok(values.into())
     }
 }

@@ -1,6 +1,8 @@
+use std::collections::HashMap;
+
 use dashmap::{DashMap, mapref::one::Ref};
 
-use crate::{KvError, Kvpair, Storage, StorageIter, Value};
+use crate::{KvError, Kvpair, Storage, StorageIter, TableRead, TableWrite, Value};
 
 // ANCHOR: memtable
 /// A [`Storage`] that keeps every table in memory.
@@ -72,8 +74,101 @@ impl Storage for MemTable {
         pairs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         Ok(Box::new(pairs.into_iter().map(Ok)))
     }
+
+    // ANCHOR: memtable_transactions
+    fn read<T>(
+        &self,
+        table: &str,
+        work: impl FnOnce(&dyn TableRead) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        work(&MemRead(self.tables.get(table)))
+    }
+
+    fn write<T>(
+        &self,
+        table: &str,
+        work: impl FnOnce(&mut dyn TableWrite) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        let mut txn = MemWrite {
+            table: MemRead(self.tables.get(table)),
+            changes: HashMap::new(),
+        };
+        // On an error, the changes are dropped unapplied.
+        let result = work(&mut txn)?;
+        if txn.changes.is_empty() {
+            return Ok(result);
+        }
+        // Let go of the read lock first: creating the table takes a write
+        // lock on the same shard of `tables`.
+        drop(txn.table);
+        let target = self.table_for_write(table);
+        for (key, change) in txn.changes {
+            match change {
+                Some(value) => target.insert(key, value),
+                None => target.remove(&key).map(|(_, value)| value),
+            };
+        }
+        Ok(result)
+    }
+    // ANCHOR_END: memtable_transactions
 }
 // ANCHOR_END: memtable_storage
+
+// ANCHOR: memtable_txn
+/// A table of a [`MemTable`] for reading; `None` if it does not exist.
+struct MemRead<'a>(Option<Ref<'a, String, DashMap<String, Value>>>);
+
+impl TableRead for MemRead<'_> {
+    fn get(&self, key: &str) -> Result<Option<Value>, KvError> {
+        let table = self.0.as_ref();
+        Ok(table.and_then(|t| t.get(key).map(|v| v.value().clone())))
+    }
+
+    fn contains(&self, key: &str) -> Result<bool, KvError> {
+        Ok(self.0.as_ref().is_some_and(|t| t.contains_key(key)))
+    }
+}
+
+/// A write transaction on a [`MemTable`]. Its changes wait here (`None`
+/// for a deletion) and reach the table only once `work` succeeds: other
+/// requests never see half of them, and a failure leaves nothing to undo.
+struct MemWrite<'a> {
+    table: MemRead<'a>,
+    changes: HashMap<String, Option<Value>>,
+}
+
+impl TableRead for MemWrite<'_> {
+    fn get(&self, key: &str) -> Result<Option<Value>, KvError> {
+        match self.changes.get(key) {
+            Some(change) => Ok(change.clone()),
+            None => self.table.get(key),
+        }
+    }
+
+    fn contains(&self, key: &str) -> Result<bool, KvError> {
+        match self.changes.get(key) {
+            Some(change) => Ok(change.is_some()),
+            None => self.table.contains(key),
+        }
+    }
+}
+
+impl TableWrite for MemWrite<'_> {
+    fn set(&mut self, key: String, value: Value) -> Result<Option<Value>, KvError> {
+        let previous = self.get(&key)?;
+        self.changes.insert(key, Some(value));
+        Ok(previous)
+    }
+
+    fn del(&mut self, key: &str) -> Result<Option<Value>, KvError> {
+        let previous = self.get(key)?;
+        if previous.is_some() {
+            self.changes.insert(key.to_owned(), None);
+        }
+        Ok(previous)
+    }
+}
+// ANCHOR_END: memtable_txn
 
 #[cfg(test)]
 mod tests {
@@ -91,6 +186,8 @@ mod tests {
         store.contains("ghost", "k").unwrap();
         store.del("ghost", "k").unwrap();
         store.get_all("ghost").unwrap();
+        store.read("ghost", |t| t.get("k")).unwrap();
+        store.write("ghost", |t| t.del("k")).unwrap();
         assert!(store.tables.is_empty());
     }
 }

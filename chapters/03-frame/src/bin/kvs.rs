@@ -8,7 +8,7 @@ use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use kv::{DEFAULT_MAX_FRAME, MemTable, RedbStore, Service, Storage, serve};
+use kv::{DEFAULT_MAX_FRAME, MemTable, RedbStore, ServerConfig, Service, Storage, serve};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 use tracing_subscriber::EnvFilter;
@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
 
-    /// The largest request accepted, in bytes, before and after inflating.
+    /// The largest request or answer, in bytes, before and after inflating.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME)]
     max_frame: usize,
 }
@@ -68,11 +68,13 @@ async fn run<Store: Storage + 'static>(
     max_frame: usize,
 ) -> anyhow::Result<()> {
     let service = Service::builder(store)
+        .max_answer(max_frame)
         .on_executed(|response| debug!(status = response.status, "executed"))
         .build();
+    let config = ServerConfig { max_frame };
     println!("kvs listening on {}", listener.local_addr()?);
     tokio::select! {
-        () = serve(listener, service, max_frame) => {}
+        () = serve(listener, service, config) => {}
         signal = tokio::signal::ctrl_c() => {
             signal.context("cannot wait for Ctrl-C")?;
             info!("shutting down");

@@ -1,6 +1,8 @@
+use std::collections::HashMap;
+
 use dashmap::{DashMap, mapref::one::Ref};
 
-use crate::{KvError, Kvpair, Storage, StorageIter, Value};
+use crate::{KvError, Kvpair, Storage, StorageIter, TableRead, TableWrite, Value};
 
 // ANCHOR: memtable
 /// A [`Storage`] that keeps every table in memory.
@@ -58,22 +60,120 @@ impl Storage for MemTable {
     }
 
     fn iter(&self, table: &str) -> Result<StorageIter<'_>, KvError> {
-        // Copy the table out rather than iterate it in place: iterating a
-        // DashMap holds a read lock on the shard it is visiting, and a
-        // caller that wrote a key of that shard inside its loop would wait
-        // for that lock forever.
-        let mut pairs: Vec<Kvpair> = match self.tables.get(table) {
-            Some(t) => t
-                .iter()
-                .map(|e| Kvpair::new(e.key().clone(), e.value().clone()))
-                .collect(),
+        // DashMap keeps no order, so sorting needs every key: copy the
+        // keys, not the values, and sort them. Each value is copied when
+        // the iterator reaches it, under a lock held only that long. So a
+        // caller that stops early (hgetall at its answer limit) copies no
+        // more values, and a caller that writes inside its loop finds no
+        // lock held by the iterator.
+        let mut keys: Vec<String> = match self.tables.get(table) {
+            Some(t) => t.iter().map(|e| e.key().clone()).collect(),
             None => Vec::new(),
         };
-        pairs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        Ok(Box::new(pairs.into_iter().map(Ok)))
+        keys.sort_unstable();
+        let table = table.to_owned();
+        let pairs = keys.into_iter().filter_map(move |key| {
+            // A key deleted since the copy is skipped.
+            let value = self.tables.get(&table)?.get(&key)?.value().clone();
+            Some(Ok(Kvpair::new(key, value)))
+        });
+        Ok(Box::new(pairs))
     }
+
+    // ANCHOR: memtable_transactions
+    fn read<T>(
+        &self,
+        table: &str,
+        work: impl FnOnce(&dyn TableRead) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        work(&MemRead(self.tables.get(table)))
+    }
+
+    fn write<T>(
+        &self,
+        table: &str,
+        work: impl FnOnce(&mut dyn TableWrite) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        let mut txn = MemWrite {
+            table: MemRead(self.tables.get(table)),
+            changes: HashMap::new(),
+        };
+        // On an error, the changes are dropped unapplied.
+        let result = work(&mut txn)?;
+        if txn.changes.is_empty() {
+            return Ok(result);
+        }
+        // Let go of the read lock first: creating the table takes a write
+        // lock on the same shard of `tables`.
+        drop(txn.table);
+        let target = self.table_for_write(table);
+        for (key, change) in txn.changes {
+            match change {
+                Some(value) => target.insert(key, value),
+                None => target.remove(&key).map(|(_, value)| value),
+            };
+        }
+        Ok(result)
+    }
+    // ANCHOR_END: memtable_transactions
 }
 // ANCHOR_END: memtable_storage
+
+// ANCHOR: memtable_txn
+/// A table of a [`MemTable`] for reading; `None` if it does not exist.
+struct MemRead<'a>(Option<Ref<'a, String, DashMap<String, Value>>>);
+
+impl TableRead for MemRead<'_> {
+    fn get(&self, key: &str) -> Result<Option<Value>, KvError> {
+        let table = self.0.as_ref();
+        Ok(table.and_then(|t| t.get(key).map(|v| v.value().clone())))
+    }
+
+    fn contains(&self, key: &str) -> Result<bool, KvError> {
+        Ok(self.0.as_ref().is_some_and(|t| t.contains_key(key)))
+    }
+}
+
+/// A write transaction on a [`MemTable`]. Its changes wait here (`None`
+/// for a deletion) and reach the table only once `work` succeeds: other
+/// requests never see half of them, and a failure leaves nothing to undo.
+struct MemWrite<'a> {
+    table: MemRead<'a>,
+    changes: HashMap<String, Option<Value>>,
+}
+
+impl TableRead for MemWrite<'_> {
+    fn get(&self, key: &str) -> Result<Option<Value>, KvError> {
+        match self.changes.get(key) {
+            Some(change) => Ok(change.clone()),
+            None => self.table.get(key),
+        }
+    }
+
+    fn contains(&self, key: &str) -> Result<bool, KvError> {
+        match self.changes.get(key) {
+            Some(change) => Ok(change.is_some()),
+            None => self.table.contains(key),
+        }
+    }
+}
+
+impl TableWrite for MemWrite<'_> {
+    fn set(&mut self, key: String, value: Value) -> Result<Option<Value>, KvError> {
+        let previous = self.get(&key)?;
+        self.changes.insert(key, Some(value));
+        Ok(previous)
+    }
+
+    fn del(&mut self, key: &str) -> Result<Option<Value>, KvError> {
+        let previous = self.get(key)?;
+        if previous.is_some() {
+            self.changes.insert(key.to_owned(), None);
+        }
+        Ok(previous)
+    }
+}
+// ANCHOR_END: memtable_txn
 
 #[cfg(test)]
 mod tests {
@@ -85,12 +185,30 @@ mod tests {
     // ANCHOR_END: run_conformance
 
     #[test]
+    fn iter_copies_each_value_only_when_it_gets_there() {
+        let store = MemTable::new();
+        for key in ["a", "b", "c"] {
+            store.set("t", key.into(), key.into()).unwrap();
+        }
+        let mut pairs = store.iter("t").unwrap();
+        assert_eq!(pairs.next().unwrap().unwrap(), Kvpair::new("a", "a"));
+        // Changed and deleted after `iter` began, but before it got there:
+        // it copies the values as they are now, and no lock is in the way.
+        store.set("t", "b".into(), "new".into()).unwrap();
+        store.del("t", "c").unwrap();
+        assert_eq!(pairs.next().unwrap().unwrap(), Kvpair::new("b", "new"));
+        assert!(pairs.next().is_none());
+    }
+
+    #[test]
     fn reading_a_missing_table_does_not_create_it() {
         let store = MemTable::new();
         store.get("ghost", "k").unwrap();
         store.contains("ghost", "k").unwrap();
         store.del("ghost", "k").unwrap();
         store.get_all("ghost").unwrap();
+        store.read("ghost", |t| t.get("k")).unwrap();
+        store.write("ghost", |t| t.del("k")).unwrap();
         assert!(store.tables.is_empty());
     }
 }

@@ -10,6 +10,27 @@ pub use redb_store::RedbStore;
 
 use crate::{KvError, Kvpair, Value};
 
+// ANCHOR: table_traits
+/// One table, as a read transaction sees it: see [`Storage::read`].
+pub trait TableRead {
+    /// The value of `key`, if there is one.
+    fn get(&self, key: &str) -> Result<Option<Value>, KvError>;
+
+    /// Whether `key` has a value.
+    fn contains(&self, key: &str) -> Result<bool, KvError>;
+}
+
+/// One table inside a write transaction: see [`Storage::write`]. Reads
+/// see the transaction's own writes.
+pub trait TableWrite: TableRead {
+    /// Stores `value` under `key` and returns the value it replaced.
+    fn set(&mut self, key: String, value: Value) -> Result<Option<Value>, KvError>;
+
+    /// Removes `key` and returns the value it had.
+    fn del(&mut self, key: &str) -> Result<Option<Value>, KvError>;
+}
+// ANCHOR_END: table_traits
+
 /// An iterator over the pairs of one table. Each item is a `Result`
 /// because a backend that reads from disk can fail half-way through.
 pub type StorageIter<'a> = Box<dyn Iterator<Item = Result<Kvpair, KvError>> + 'a>;
@@ -36,10 +57,42 @@ pub trait Storage: Send + Sync {
     /// The pairs of `table`, sorted by key.
     fn iter(&self, table: &str) -> Result<StorageIter<'_>, KvError>;
 
+    // ANCHOR: blocks
+    /// Whether calls may wait: for the disk, or for a lock that another
+    /// thread holds for long. The server runs the requests of such a
+    /// storage on threads meant for blocking work.
+    fn blocks(&self) -> bool {
+        false
+    }
+    // ANCHOR_END: blocks
+
     /// Every pair of `table`, sorted by key.
     fn get_all(&self, table: &str) -> Result<Vec<Kvpair>, KvError> {
         self.iter(table)?.collect()
     }
+
+    // ANCHOR: transactions
+    /// Runs `work` on `table` in one read transaction, for a command that
+    /// reads several keys. A backend with snapshots (redb) shows `work`
+    /// the table as it was at one moment.
+    fn read<T>(
+        &self,
+        table: &str,
+        work: impl FnOnce(&dyn TableRead) -> Result<T, KvError>,
+    ) -> Result<T, KvError>
+    where
+        Self: Sized;
+
+    /// Runs `work` on `table` in one write transaction: if it returns
+    /// `Ok`, all of its changes are kept; if it returns an error, none.
+    fn write<T>(
+        &self,
+        table: &str,
+        work: impl FnOnce(&mut dyn TableWrite) -> Result<T, KvError>,
+    ) -> Result<T, KvError>
+    where
+        Self: Sized;
+    // ANCHOR_END: transactions
 }
 // ANCHOR_END: storage
 
@@ -118,6 +171,54 @@ pub(crate) mod conformance {
         }
     }
 
+    // ANCHOR: transaction_tests
+    pub fn a_write_sees_its_own_changes(store: &impl Storage) {
+        store.set("t", "k".into(), 1i64.into()).unwrap();
+        let seen = store
+            .write("t", |t| {
+                assert_eq!(t.set("k".into(), 2i64.into())?, Some(1i64.into()));
+                assert_eq!(t.get("k")?, Some(2i64.into()));
+                assert_eq!(t.del("k")?, Some(2i64.into()));
+                assert!(!t.contains("k")?);
+                t.set("k".into(), 3i64.into())
+            })
+            .unwrap();
+        assert_eq!(seen, None, "the key was deleted just before");
+        assert_eq!(store.get("t", "k").unwrap(), Some(3i64.into()));
+    }
+
+    pub fn a_failed_write_changes_nothing(store: &impl Storage) {
+        store.set("t", "kept".into(), "old".into()).unwrap();
+        let err = store
+            .write("t", |t| {
+                t.set("kept".into(), "new".into())?;
+                t.del("kept")?;
+                t.set("added".into(), 1i64.into())?;
+                Err::<(), _>(KvError::Internal("stop half-way".into()))
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "internal error: stop half-way");
+        assert_eq!(store.get("t", "kept").unwrap(), Some("old".into()));
+        assert!(!store.contains("t", "added").unwrap());
+        let err = store.write("new", |t| {
+            t.set("k".into(), 1i64.into())?;
+            Err::<(), _>(KvError::Internal("stop".into()))
+        });
+        assert!(err.is_err());
+        assert!(store.get_all("new").unwrap().is_empty());
+    }
+
+    pub fn a_read_sees_every_key(store: &impl Storage) {
+        store.set("t", "a".into(), 1i64.into()).unwrap();
+        let (a, b, has_a) = store
+            .read("t", |t| Ok((t.get("a")?, t.get("b")?, t.contains("a")?)))
+            .unwrap();
+        assert_eq!((a, b, has_a), (Some(1i64.into()), None, true));
+        let missing = store.read("nowhere", |t| t.get("a")).unwrap();
+        assert_eq!(missing, None);
+    }
+    // ANCHOR_END: transaction_tests
+
     // ANCHOR: conformance_macro
     // ANCHOR: no_collisions
     pub fn names_never_collide(store: &impl Storage) {
@@ -156,6 +257,9 @@ pub(crate) mod conformance {
                 missing_table_is_empty,
                 every_value_type_round_trips,
                 names_never_collide,
+                a_write_sees_its_own_changes,
+                a_failed_write_changes_nothing,
+                a_read_sees_every_key,
             );
         };
         ($make:expr; $($name:ident),+ $(,)?) => {

@@ -1,9 +1,11 @@
 use std::path::Path;
 
 use prost::Message;
-use redb::{Database, ReadOnlyTable, ReadableDatabase, TableDefinition, TableError};
+use redb::{
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition, TableError,
+};
 
-use crate::{KvError, Kvpair, Storage, StorageIter, Value};
+use crate::{KvError, Kvpair, Storage, StorageIter, TableRead, TableWrite, Value};
 
 // ANCHOR: layout
 /// Every table of the KV store is a redb table of the same name, from the
@@ -24,12 +26,18 @@ fn definition(table: &str) -> Result<KvTable<'_>, KvError> {
 /// A [`Storage`] in a [redb](https://docs.rs/redb) database file: the data
 /// outlives the process.
 ///
-/// Each call is one transaction, and a write is on disk when it returns.
-/// redb runs any number of readers next to one writer, and readers see a
-/// consistent snapshot.
+/// Each call is one transaction. A write is on disk when it returns: redb
+/// commits with `Durability::Immediate` unless told otherwise, and we keep
+/// that, so a client that was told "done" never loses the write. redb runs
+/// any number of readers next to one writer, and readers see a consistent
+/// snapshot.
 pub struct RedbStore {
     db: Database,
 }
+
+/// A table as redb stores it, inside a read or a write transaction.
+type ReadTable = ReadOnlyTable<&'static str, &'static [u8]>;
+type WriteTable<'txn> = Table<'txn, &'static str, &'static [u8]>;
 
 impl RedbStore {
     /// Opens the database at `path`, creating the file if it is missing.
@@ -40,10 +48,7 @@ impl RedbStore {
     }
 
     /// The table for reading, or `None` if it was never written to.
-    fn read_table(
-        &self,
-        table: &str,
-    ) -> Result<Option<ReadOnlyTable<&'static str, &'static [u8]>>, KvError> {
+    fn read_table(&self, table: &str) -> Result<Option<ReadTable>, KvError> {
         let txn = self.db.begin_read()?;
         match txn.open_table(definition(table)?) {
             Ok(t) => Ok(Some(t)),
@@ -67,34 +72,15 @@ fn decode(table: &str, key: &str, bytes: &[u8]) -> Result<Value, KvError> {
 // ANCHOR: storage
 impl Storage for RedbStore {
     fn get(&self, table: &str, key: &str) -> Result<Option<Value>, KvError> {
-        let Some(t) = self.read_table(table)? else {
-            return Ok(None);
-        };
-        match t.get(key)? {
-            Some(bytes) => Ok(Some(decode(table, key, bytes.value())?)),
-            None => Ok(None),
-        }
+        self.read(table, |t| t.get(key))
     }
 
     fn set(&self, table: &str, key: String, value: Value) -> Result<Option<Value>, KvError> {
-        let txn = self.db.begin_write()?;
-        let previous = {
-            // Opening a table in a write transaction creates it.
-            let mut t = txn.open_table(definition(table)?)?;
-            let previous = t.insert(key.as_str(), value.encode_to_vec().as_slice())?;
-            previous
-                .map(|bytes| decode(table, &key, bytes.value()))
-                .transpose()?
-        };
-        txn.commit()?;
-        Ok(previous)
+        self.write(table, |t| t.set(key, value))
     }
 
     fn contains(&self, table: &str, key: &str) -> Result<bool, KvError> {
-        match self.read_table(table)? {
-            Some(t) => Ok(t.get(key)?.is_some()),
-            None => Ok(false),
-        }
+        self.read(table, |t| t.contains(key))
     }
 
     fn del(&self, table: &str, key: &str) -> Result<Option<Value>, KvError> {
@@ -104,16 +90,7 @@ impl Storage for RedbStore {
         if self.read_table(table)?.is_none() {
             return Ok(None);
         }
-        let txn = self.db.begin_write()?;
-        let removed = {
-            let mut t = txn.open_table(definition(table)?)?;
-            let removed = t.remove(key)?;
-            removed
-                .map(|bytes| decode(table, key, bytes.value()))
-                .transpose()?
-        };
-        txn.commit()?;
-        Ok(removed)
+        self.write(table, |t| t.del(key))
     }
 
     fn iter(&self, table: &str) -> Result<StorageIter<'_>, KvError> {
@@ -130,8 +107,112 @@ impl Storage for RedbStore {
         });
         Ok(Box::new(pairs))
     }
+
+    // ANCHOR: transactions
+    fn read<T>(
+        &self,
+        table: &str,
+        work: impl FnOnce(&dyn TableRead) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        let t = RedbRead {
+            name: table,
+            table: self.read_table(table)?,
+        };
+        work(&t)
+    }
+
+    fn write<T>(
+        &self,
+        table: &str,
+        work: impl FnOnce(&mut dyn TableWrite) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        let txn = self.db.begin_write()?;
+        let result = {
+            // Opening a table in a write transaction creates it.
+            let mut t = RedbWrite {
+                name: table,
+                table: txn.open_table(definition(table)?)?,
+            };
+            // On an error, `txn` is dropped uncommitted, which aborts it:
+            // none of the changes, not even the new table, are kept.
+            work(&mut t)?
+        };
+        txn.commit()?;
+        Ok(result)
+    }
+    // ANCHOR_END: transactions
 }
 // ANCHOR_END: storage
+
+// ANCHOR: txn_tables
+/// A table in a read transaction; `None` if it does not exist.
+struct RedbRead<'a> {
+    name: &'a str,
+    table: Option<ReadTable>,
+}
+
+impl TableRead for RedbRead<'_> {
+    fn get(&self, key: &str) -> Result<Option<Value>, KvError> {
+        match &self.table {
+            Some(t) => get(self.name, t, key),
+            None => Ok(None),
+        }
+    }
+
+    fn contains(&self, key: &str) -> Result<bool, KvError> {
+        match &self.table {
+            Some(t) => Ok(t.get(key)?.is_some()),
+            None => Ok(false),
+        }
+    }
+}
+
+/// A table in a write transaction.
+struct RedbWrite<'a, 'txn> {
+    name: &'a str,
+    table: WriteTable<'txn>,
+}
+
+impl TableRead for RedbWrite<'_, '_> {
+    fn get(&self, key: &str) -> Result<Option<Value>, KvError> {
+        get(self.name, &self.table, key)
+    }
+
+    fn contains(&self, key: &str) -> Result<bool, KvError> {
+        Ok(self.table.get(key)?.is_some())
+    }
+}
+
+impl TableWrite for RedbWrite<'_, '_> {
+    fn set(&mut self, key: String, value: Value) -> Result<Option<Value>, KvError> {
+        let previous = self
+            .table
+            .insert(key.as_str(), value.encode_to_vec().as_slice())?;
+        previous
+            .map(|bytes| decode(self.name, &key, bytes.value()))
+            .transpose()
+    }
+
+    fn del(&mut self, key: &str) -> Result<Option<Value>, KvError> {
+        let removed = self.table.remove(key)?;
+        removed
+            .map(|bytes| decode(self.name, key, bytes.value()))
+            .transpose()
+    }
+}
+
+/// Reads and decodes one value from either kind of table.
+fn get(
+    name: &str,
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<Value>, KvError> {
+    table
+        .get(key)?
+        .map(|bytes| decode(name, key, bytes.value()))
+        .transpose()
+}
+// ANCHOR_END: txn_tables
 
 #[cfg(test)]
 mod tests {
@@ -166,6 +247,21 @@ mod tests {
         assert_eq!(store.get_all("t").unwrap(), [Kvpair::new("k", "kept")]);
     }
     // ANCHOR_END: reopen_test
+
+    #[test]
+    fn a_read_transaction_sees_one_snapshot() {
+        let store = temp_store();
+        store.set("t", "k".into(), "before".into()).unwrap();
+        let seen = store
+            .read("t", |t| {
+                // Another transaction commits a change half-way through.
+                store.set("t", "k".into(), "after".into())?;
+                t.get("k")
+            })
+            .unwrap();
+        assert_eq!(seen, Some("before".into()));
+        assert_eq!(store.get("t", "k").unwrap(), Some("after".into()));
+    }
 
     #[test]
     fn an_empty_table_name_is_an_error_not_a_panic() {

@@ -29,6 +29,9 @@ pub enum KvError {
     #[error("frame of {len} bytes is larger than the limit of {max} bytes")]
     FrameTooLarge { len: usize, max: usize },
 
+    #[error("message holds {entries} entries, more than the limit of {max}")]
+    TooManyEntries { entries: usize, max: usize },
+
     #[error("bad frame: {0}")]
     BadFrame(String),
 
@@ -60,7 +63,7 @@ impl KvError {
         match self {
             KvError::NotFound { .. } => 404,
             KvError::InvalidCommand(_) | KvError::BadFrame(_) | KvError::Decode(_) => 400,
-            KvError::FrameTooLarge { .. } => 413,
+            KvError::FrameTooLarge { .. } | KvError::TooManyEntries { .. } => 413,
             KvError::Storage(_)
             | KvError::CorruptValue { .. }
             | KvError::Io(_)

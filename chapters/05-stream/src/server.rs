@@ -5,11 +5,36 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+<<<<<<< 05-stream/src/server.rs
 use crate::{ProstServerStream, Service, Storage, TlsServerAcceptor};
+=======
+use crate::{DEFAULT_MAX_FRAME, ProstServerStream, Service, Storage};
+
+// ANCHOR: config
+/// How [`serve`] runs. Later chapters add fields here, not parameters to
+/// `serve`; each field has a default.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The largest request payload accepted, before and after inflating.
+    /// Give the service the same limit for its answers
+    /// ([`ServiceBuilder::max_answer`](crate::ServiceBuilder::max_answer)).
+    pub max_frame: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+// ANCHOR_END: config
+>>>>>>> 03-frame/src/server.rs
 
 // ANCHOR: serve
 /// Serves every connection that `listener` accepts, each in a task of its
 /// own, until the returned future is dropped. Connections are independent:
+<<<<<<< 05-stream/src/server.rs
 /// one client's failed handshake, bad frame or sudden disconnect affects
 /// no one else.
 pub async fn serve<Store>(
@@ -18,6 +43,11 @@ pub async fn serve<Store>(
     tls: TlsServerAcceptor,
     max_frame: usize,
 ) where
+=======
+/// one client's bad frame or sudden disconnect affects no one else.
+pub async fn serve<Store>(listener: TcpListener, service: Service<Store>, config: ServerConfig)
+where
+>>>>>>> 03-frame/src/server.rs
     Store: Storage + 'static,
 {
     loop {
@@ -32,7 +62,12 @@ pub async fn serve<Store>(
             }
         };
         info!(%peer, "client connected");
+<<<<<<< 05-stream/src/server.rs
         let (service, tls) = (service.clone(), tls.clone());
+=======
+        let connection =
+            ProstServerStream::new(stream, service.clone()).max_frame(config.max_frame);
+>>>>>>> 03-frame/src/server.rs
         tokio::spawn(async move {
             // The handshake runs here, in the connection's own task, so a
             // slow or broken client never holds up the accept loop.

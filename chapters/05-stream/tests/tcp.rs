@@ -9,8 +9,8 @@ use bytes::{BufMut, BytesMut};
 use common::{CERTS, acceptor, connector};
 use flate2::{Compression, write::GzEncoder};
 use kv::{
-    CommandRequest, CommandResponse, DEFAULT_MAX_FRAME, FrameCoder, Kvpair, MemTable,
-    ProstClientStream, Service, Value, read_frame, serve,
+    CommandRequest, CommandResponse, DEFAULT_MAX_FRAME, FrameCoder, Hmset, Kvpair, MemTable,
+    ProstClientStream, ServerConfig, Service, Value, read_frame, serve,
 };
 use prost::Message;
 use tokio::{
@@ -25,7 +25,12 @@ use tokio_rustls::client::TlsStream;
 async fn start_server(service: Service, max_frame: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+<<<<<<< 05-stream/tests/tcp.rs
     tokio::spawn(serve(listener, service, acceptor(&CERTS, false), max_frame));
+=======
+    let config = ServerConfig { max_frame };
+    tokio::spawn(serve(listener, service, config));
+>>>>>>> 03-frame/tests/tcp.rs
     addr
 }
 // ANCHOR_END: start_server
@@ -256,6 +261,43 @@ async fn a_gzip_bomb_is_refused_and_the_connection_goes_on() {
     );
     assert_still_serving(addr).await;
 }
+
+// ANCHOR: entries_test
+#[tokio::test]
+async fn a_small_frame_of_millions_of_entries_gets_413_and_stores_nothing() {
+    let addr = start_server(Service::new(MemTable::new()), DEFAULT_MAX_FRAME).await;
+    // An hmset of 8 million empty pairs: 16 MB of protobuf that would
+    // decode into half a gigabyte, gzipped into a frame of about 16 kB.
+    let pairs = 8_000_000;
+    let hmset = Hmset {
+        table: "t".into(),
+        pairs: vec![Kvpair::default(); pairs],
+    };
+    let mut payload = vec![5 << 3 | 2]; // field 5 (hmset), length-delimited
+    prost::encoding::encode_varint(hmset.encoded_len() as u64, &mut payload);
+    let mut gzip = GzEncoder::new(Vec::new(), Compression::fast());
+    gzip.write_all(&payload).unwrap();
+    gzip.write_all(b"\x0a\x01t").unwrap(); // table = "t"
+    gzip.write_all(&b"\x12\x00".repeat(pairs)).unwrap(); // the empty pairs
+    let frame = raw_frame(true, &gzip.finish().unwrap());
+    assert!(frame.len() < 100_000, "{} bytes", frame.len());
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&frame).await.unwrap();
+    let res = read_response(&mut stream).await.unwrap();
+    assert_eq!(res.status, 413);
+    assert_eq!(
+        res.message,
+        "message holds 8000001 entries, more than the limit of 65536"
+    );
+    drop(stream);
+
+    let mut client = new_client(addr).await;
+    let res = client.execute(CommandRequest::new_hgetall("t")).await;
+    assert_eq!(res.unwrap().pairs, [], "nothing was stored");
+    assert_still_serving(addr).await;
+}
+// ANCHOR_END: entries_test
 
 #[tokio::test]
 async fn bytes_that_are_not_protobuf_get_400() {

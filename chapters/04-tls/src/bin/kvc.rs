@@ -116,18 +116,21 @@ fn parse_value(text: &str) -> Result<Value, String> {
     Ok(value)
 }
 
+/// Parses hex digits, two per byte. Only digits and `a`-`f` in either
+/// case: no sign, no space, no `0x`.
 fn parse_hex(hex: &str) -> Result<Vec<u8>, String> {
-    if !hex.len().is_multiple_of(2) {
+    let digits = hex
+        .chars()
+        .map(|c| c.to_digit(16).map(|d| d as u8))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| format!("`{hex}` is not hex"))?;
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("`{hex}` has an odd number of hex digits"));
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| format!("`{hex}` is not hex"))
-        })
-        .collect()
+    Ok(digits
+        .chunks(2)
+        .map(|pair| pair[0] << 4 | pair[1])
+        .collect())
 }
 // ANCHOR_END: parse_value
 
@@ -262,6 +265,11 @@ mod tests {
         assert!(parse_value("bytes:abc").unwrap_err().contains("odd number"));
         assert!(parse_value("bytes:zz").unwrap_err().contains("not hex"));
         assert!(parse_value("bytes:aé1").unwrap_err().contains("not hex"));
+        for sneaky in ["+f", "-1", " f", "0x", "f\n"] {
+            let err = parse_value(&format!("bytes:{sneaky}")).unwrap_err();
+            assert!(err.contains("not hex"), "{sneaky:?}: {err}");
+        }
+        assert_eq!(parse_value("bytes:aBcD"), Ok(vec![0xab, 0xcd].into()));
     }
 
     #[test]

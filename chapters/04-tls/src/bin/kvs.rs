@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use kv::{
-    DEFAULT_MAX_FRAME, DevCertPaths, DevCerts, MemTable, RedbStore, Service, Storage,
+    DEFAULT_MAX_FRAME, DevCertPaths, DevCerts, MemTable, RedbStore, ServerConfig, Service, Storage,
     TlsServerAcceptor, serve,
 };
 use tokio::net::TcpListener;
@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
 
-    /// The largest request accepted, in bytes, before and after inflating.
+    /// The largest request or answer, in bytes, before and after inflating.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME)]
     max_frame: usize,
 
@@ -95,11 +95,13 @@ async fn run<Store: Storage + 'static>(
     max_frame: usize,
 ) -> anyhow::Result<()> {
     let service = Service::builder(store)
+        .max_answer(max_frame)
         .on_executed(|response| debug!(status = response.status, "executed"))
         .build();
+    let config = ServerConfig { max_frame, tls };
     println!("kvs listening on {}", listener.local_addr()?);
     tokio::select! {
-        () = serve(listener, service, tls, max_frame) => {}
+        () = serve(listener, service, config) => {}
         signal = tokio::signal::ctrl_c() => {
             signal.context("cannot wait for Ctrl-C")?;
             info!("shutting down");

@@ -4,13 +4,16 @@ mod command_service;
 
 use std::sync::Arc;
 
-use crate::{CommandRequest, CommandResponse, KvError, MemTable, RequestData, Storage};
+use crate::{
+    CommandRequest, CommandResponse, DEFAULT_MAX_FRAME, KvError, MemTable, RequestData, Storage,
+};
 
 // ANCHOR: command_service
 /// A command that knows how to run itself against a storage.
 pub trait CommandService {
-    /// Runs the command. An `Err` becomes an error response.
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError>;
+    /// Runs the command. An `Err` becomes an error response, and so does
+    /// an answer that would be larger than `max_answer` bytes.
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError>;
 }
 // ANCHOR_END: command_service
 
@@ -25,6 +28,11 @@ pub type HookMut<T> = Box<dyn Fn(&mut T) + Send + Sync>;
 /// The KV service. Cloning it is cheap (one reference count), and every
 /// clone serves from the same storage, so each thread or connection can
 /// hold its own clone.
+///
+/// Hooks run in this order for every answer, error answers included:
+/// `on_received` (with the request, when there is one: a frame that does
+/// not decode has none), `on_executed`, `on_before_send`, and once the
+/// answer has left, `on_after_send`.
 pub struct Service<S = MemTable> {
     inner: Arc<ServiceInner<S>>,
 }
@@ -32,6 +40,7 @@ pub struct Service<S = MemTable> {
 /// What all clones of a [`Service`] share.
 struct ServiceInner<S> {
     store: S,
+    max_answer: usize,
     on_received: Vec<Hook<CommandRequest>>,
     on_executed: Vec<Hook<CommandResponse>>,
     on_before_send: Vec<HookMut<CommandResponse>>,
@@ -58,6 +67,7 @@ impl<S: Storage> Service<S> {
         ServiceBuilder {
             inner: ServiceInner {
                 store,
+                max_answer: DEFAULT_MAX_FRAME,
                 on_received: Vec::new(),
                 on_executed: Vec::new(),
                 on_before_send: Vec::new(),
@@ -76,14 +86,30 @@ impl<S: Storage> Service<S> {
         for hook in &inner.on_received {
             hook(&request);
         }
-        let mut response = dispatch(request, &inner.store).unwrap_or_else(CommandResponse::from);
-        for hook in &inner.on_executed {
+        let response = dispatch(request, &inner.store, inner.max_answer);
+        self.answer(response.unwrap_or_else(CommandResponse::from))
+    }
+
+    /// The answer to a request that could not be run at all (its frame did
+    /// not decode, say), through the same hooks as any other answer.
+    pub fn refuse(&self, err: &KvError) -> CommandResponse {
+        self.answer(err.into())
+    }
+
+    /// Runs the `on_executed` and `on_before_send` hooks on an answer.
+    fn answer(&self, mut response: CommandResponse) -> CommandResponse {
+        for hook in &self.inner.on_executed {
             hook(&response);
         }
-        for hook in &inner.on_before_send {
+        for hook in &self.inner.on_before_send {
             hook(&mut response);
         }
         response
+    }
+
+    /// Whether the storage may block (see [`Storage::blocks`]).
+    pub(crate) fn blocks(&self) -> bool {
+        self.inner.store.blocks()
     }
 
     /// Runs the `on_after_send` hooks. The code that sends a response
@@ -104,6 +130,14 @@ pub struct ServiceBuilder<S> {
 }
 
 impl<S: Storage> ServiceBuilder<S> {
+    /// The largest answer, in bytes, that a command may build (default
+    /// [`DEFAULT_MAX_FRAME`]). A server sets it to its frame limit, so
+    /// that clients with the same limit can read every answer.
+    pub fn max_answer(mut self, max: usize) -> Self {
+        self.inner.max_answer = max;
+        self
+    }
+
     /// Called with each request before it is executed.
     pub fn on_received(mut self, hook: impl Fn(&CommandRequest) + Send + Sync + 'static) -> Self {
         self.inner.on_received.push(Box::new(hook));
@@ -141,17 +175,21 @@ impl<S: Storage> ServiceBuilder<S> {
 
 // ANCHOR: dispatch
 /// Finds the command inside a request and runs it.
-fn dispatch(request: CommandRequest, store: &impl Storage) -> Result<CommandResponse, KvError> {
+fn dispatch(
+    request: CommandRequest,
+    store: &impl Storage,
+    max: usize,
+) -> Result<CommandResponse, KvError> {
     match request.request_data {
-        Some(RequestData::Hget(cmd)) => cmd.execute(store),
-        Some(RequestData::Hgetall(cmd)) => cmd.execute(store),
-        Some(RequestData::Hmget(cmd)) => cmd.execute(store),
-        Some(RequestData::Hset(cmd)) => cmd.execute(store),
-        Some(RequestData::Hmset(cmd)) => cmd.execute(store),
-        Some(RequestData::Hdel(cmd)) => cmd.execute(store),
-        Some(RequestData::Hmdel(cmd)) => cmd.execute(store),
-        Some(RequestData::Hexist(cmd)) => cmd.execute(store),
-        Some(RequestData::Hmexist(cmd)) => cmd.execute(store),
+        Some(RequestData::Hget(cmd)) => cmd.execute(store, max),
+        Some(RequestData::Hgetall(cmd)) => cmd.execute(store, max),
+        Some(RequestData::Hmget(cmd)) => cmd.execute(store, max),
+        Some(RequestData::Hset(cmd)) => cmd.execute(store, max),
+        Some(RequestData::Hmset(cmd)) => cmd.execute(store, max),
+        Some(RequestData::Hdel(cmd)) => cmd.execute(store, max),
+        Some(RequestData::Hmdel(cmd)) => cmd.execute(store, max),
+        Some(RequestData::Hexist(cmd)) => cmd.execute(store, max),
+        Some(RequestData::Hmexist(cmd)) => cmd.execute(store, max),
         None => Err(KvError::InvalidCommand(
             "the request holds no command".into(),
         )),

@@ -57,6 +57,15 @@ pub trait Storage: Send + Sync {
     /// The pairs of `table`, sorted by key.
     fn iter(&self, table: &str) -> Result<StorageIter<'_>, KvError>;
 
+    // ANCHOR: blocks
+    /// Whether calls may wait: for the disk, or for a lock that another
+    /// thread holds for long. The server runs the requests of such a
+    /// storage on threads meant for blocking work.
+    fn blocks(&self) -> bool {
+        false
+    }
+    // ANCHOR_END: blocks
+
     /// Every pair of `table`, sorted by key.
     fn get_all(&self, table: &str) -> Result<Vec<Kvpair>, KvError> {
         self.iter(table)?.collect()

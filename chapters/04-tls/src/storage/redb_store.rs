@@ -93,6 +93,11 @@ impl Storage for RedbStore {
         self.write(table, |t| t.del(key))
     }
 
+    /// Every commit waits for the disk.
+    fn blocks(&self) -> bool {
+        true
+    }
+
     fn iter(&self, table: &str) -> Result<StorageIter<'_>, KvError> {
         let Some(t) = self.read_table(table)? else {
             return Ok(Box::new(std::iter::empty()));

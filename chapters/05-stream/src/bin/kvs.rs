@@ -14,10 +14,14 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
+<<<<<<< 05-stream/src/bin/kvs.rs
 use kv::{
     DEFAULT_MAX_FRAME, DevCertPaths, DevCerts, MemTable, RedbStore, Service, Storage,
     TlsServerAcceptor, serve,
 };
+=======
+use kv::{DEFAULT_MAX_FRAME, MemTable, RedbStore, ServerConfig, Service, Storage, serve};
+>>>>>>> 03-frame/src/bin/kvs.rs
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 use tracing_subscriber::EnvFilter;
@@ -36,7 +40,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
 
-    /// The largest request accepted, in bytes, before and after inflating.
+    /// The largest request or answer, in bytes, before and after inflating.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME)]
     max_frame: usize,
 
@@ -95,11 +99,17 @@ async fn run<Store: Storage + 'static>(
     max_frame: usize,
 ) -> anyhow::Result<()> {
     let service = Service::builder(store)
+        .max_answer(max_frame)
         .on_executed(|response| debug!(status = response.status, "executed"))
         .build();
+    let config = ServerConfig { max_frame };
     println!("kvs listening on {}", listener.local_addr()?);
     tokio::select! {
+<<<<<<< 05-stream/src/bin/kvs.rs
         () = serve(listener, service, tls, max_frame) => {}
+=======
+        () = serve(listener, service, config) => {}
+>>>>>>> 03-frame/src/bin/kvs.rs
         signal = tokio::signal::ctrl_c() => {
             signal.context("cannot wait for Ctrl-C")?;
             info!("shutting down");

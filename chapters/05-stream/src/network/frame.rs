@@ -45,12 +45,41 @@ pub const MAX_WIRE_LEN: usize = (COMPRESSED - 1) as usize;
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// How much buffer `read_frame` adds at a time while a payload arrives.
+<<<<<<< 05-stream/src/network/frame.rs
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
+=======
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What one entry of a repeated field (a key of `hmget`, a pair of
+/// `hmset`, a value of an answer) may cost in memory once decoded, beyond
+/// its own bytes: its struct in a `Vec` that may be up to twice as long as
+/// needed, plus the smallest heap block for each string in it.
+pub const ENTRY_COST: usize = 256;
+
+/// Frames up to this size that are not compressed are decoded where they
+/// arrive, on the async runtime's thread: that takes microseconds. Larger
+/// or compressed frames are decoded on a thread meant for blocking work.
+pub const INLINE_LIMIT: usize = 4 * 1024;
+>>>>>>> 03-frame/src/network/frame.rs
 // ANCHOR_END: constants
+
+// ANCHOR: max_entries
+/// The most entries a message may hold, for a frame limit of `max_frame`
+/// bytes. Entries then cost at most `max_frame` bytes once decoded, on top
+/// of the payload's own bytes: a message never holds more than twice the
+/// frame limit in memory, however small its frame was.
+pub fn max_entries(max_frame: usize) -> usize {
+    max_frame / ENTRY_COST
+}
+// ANCHOR_END: max_entries
 
 // ANCHOR: frame_coder
 /// A message that travels in frames.
 pub trait FrameCoder: Message + Default + Sized {
+    /// How deep in the message its repeated fields are: 1 for fields of
+    /// the message itself, 2 for fields of a message inside it.
+    const ENTRY_DEPTH: usize;
+
     /// Appends this message to `buf` as one frame, after whatever `buf`
     /// already holds.
     fn encode_frame(&self, buf: &mut BytesMut) -> Result<(), KvError> {
@@ -92,6 +121,10 @@ pub trait FrameCoder: Message + Default + Sized {
     /// leaves it), and empties `buf`. An inflated payload larger than
     /// `max_len` is an error: the check happens while inflating, so a
     /// small frame cannot make us allocate gigabytes (a "gzip bomb").
+    ///
+    /// A message with more than [`max_entries`] entries is refused before
+    /// it is decoded: a few bytes of protobuf can stand for an entry that
+    /// takes a hundred bytes of memory.
     fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Self, KvError> {
         // Take the whole buffer, allocation and all: `buf` starts afresh.
         let frame = std::mem::take(buf);
@@ -107,7 +140,7 @@ pub trait FrameCoder: Message + Default + Sized {
             )));
         }
         if !compressed {
-            return Ok(Self::decode(payload)?);
+            return decode_counted(payload, max_len);
         }
 
         let mut inflated = Vec::new();
@@ -121,13 +154,79 @@ pub trait FrameCoder: Message + Default + Sized {
                 "payload inflates to more than {max_len} bytes"
             )));
         }
-        Ok(Self::decode(inflated.as_slice())?)
+        decode_counted(&inflated, max_len)
     }
 }
 
-impl FrameCoder for CommandRequest {}
-impl FrameCoder for CommandResponse {}
+// The repeated fields of a request are in its command (`Hmget::keys`);
+// those of a response are its own (`values`, `pairs`).
+impl FrameCoder for CommandRequest {
+    const ENTRY_DEPTH: usize = 2;
+}
+impl FrameCoder for CommandResponse {
+    const ENTRY_DEPTH: usize = 1;
+}
 // ANCHOR_END: frame_coder
+
+// ANCHOR: decode_counted
+/// Decodes `payload` if its entries are within the limit for `max_len`.
+fn decode_counted<M: FrameCoder>(payload: &[u8], max_len: usize) -> Result<M, KvError> {
+    let entries = count_fields(payload, M::ENTRY_DEPTH);
+    let max = max_entries(max_len);
+    if entries > max {
+        return Err(KvError::TooManyEntries { entries, max });
+    }
+    Ok(M::decode(payload)?)
+}
+
+/// Counts the fields `depth` levels down in a protobuf message, without
+/// decoding anything: at depth 1, the message's own fields; at depth 2,
+/// the fields of each length-delimited field that is itself a message.
+///
+/// Every entry of a repeated field is one field on the wire (our schema
+/// has no packed numbers, where one field holds many), so this is at least
+/// the number of entries that decoding would create. Bytes that are not a
+/// message count for nothing here: prost either skips them (an unknown
+/// field) or fails to decode them.
+fn count_fields(mut message: &[u8], depth: usize) -> usize {
+    use prost::encoding::decode_varint;
+
+    let mut count = 0;
+    while !message.is_empty() {
+        let Ok(key) = decode_varint(&mut message) else {
+            break;
+        };
+        let skip = match key & 0b111 {
+            0 => decode_varint(&mut message).map(|_| 0).ok(),
+            1 => Some(8),
+            5 => Some(4),
+            2 => decode_varint(&mut message).ok().map(|len| len as usize),
+            _ => None, // groups, long deprecated, or not protobuf at all
+        };
+        let Some(skip) = skip.filter(|&n| n <= message.len()) else {
+            break;
+        };
+        let (field, rest) = message.split_at(skip);
+        count += match depth {
+            1 => 1,
+            _ if key & 0b111 == 2 => count_fields(field, depth - 1),
+            _ => 0,
+        };
+        message = rest;
+    }
+    count
+}
+// ANCHOR_END: decode_counted
+
+/// Whether a whole frame, as [`read_frame`] leaves it, is small enough to
+/// decode inline (see [`INLINE_LIMIT`]).
+pub(crate) fn decodes_inline(frame: &[u8]) -> bool {
+    let Some(header) = frame.get(..HEADER_LEN) else {
+        return true; // not even a header: decoding fails at once
+    };
+    let (compressed, len) = parse_header(header);
+    !compressed && len <= INLINE_LIMIT
+}
 
 /// Splits a header into its compression bit and payload length.
 pub(crate) fn parse_header(header: &[u8]) -> (bool, usize) {
@@ -310,6 +409,63 @@ mod tests {
         );
     }
     // ANCHOR_END: gzip_bomb_test
+
+    // ANCHOR: entries_tests
+    /// An hmset of `count` empty pairs: two bytes each on the wire.
+    fn empty_pairs(count: usize) -> CommandRequest {
+        CommandRequest::new_hmset("t", vec![crate::Kvpair::default(); count])
+    }
+
+    #[test]
+    fn entries_are_counted_where_the_repeated_fields_are() {
+        let request = empty_pairs(1000);
+        assert_eq!(
+            count_fields(&request.encode_to_vec(), 2),
+            1001,
+            "table + pairs"
+        );
+        let keys = CommandRequest::new_hmget("t", ["a", "b", "c"]);
+        assert_eq!(count_fields(&keys.encode_to_vec(), 2), 4);
+        let response = CommandResponse::from(vec![crate::Value::from(1i64); 7]);
+        assert_eq!(
+            count_fields(&response.encode_to_vec(), 1),
+            8,
+            "status + values"
+        );
+        assert_eq!(count_fields(b"\xff\xff\xff", 2), 0, "not protobuf");
+    }
+
+    #[test]
+    fn a_small_frame_with_too_many_entries_is_refused_before_decoding() {
+        let max = 1 << 20; // 1 MiB: 4096 entries
+        let mut frame = raw_frame(true, &gzip(&empty_pairs(100_000).encode_to_vec()));
+        assert!(frame.len() < 2000, "{} bytes", frame.len());
+        let err = CommandRequest::decode_frame(&mut frame, max).unwrap_err();
+        assert_eq!(err.status(), 413);
+        assert_eq!(
+            err.to_string(),
+            "message holds 100001 entries, more than the limit of 4096"
+        );
+
+        let mut frame = raw_frame(false, &empty_pairs(4095).encode_to_vec());
+        let decoded = CommandRequest::decode_frame(&mut frame, max).unwrap();
+        assert_eq!(decoded, empty_pairs(4095), "4095 pairs + the table fit");
+    }
+
+    #[test]
+    fn an_entry_costs_no_more_than_entry_cost() {
+        use std::mem::size_of;
+        // Twice the struct (a Vec may be twice as long as needed) and a
+        // smallest heap block for each of up to two strings.
+        for size in [
+            size_of::<String>(),
+            size_of::<crate::Value>(),
+            size_of::<crate::Kvpair>(),
+        ] {
+            assert!(2 * size + 2 * 32 <= ENTRY_COST, "{size} bytes");
+        }
+    }
+    // ANCHOR_END: entries_tests
 
     #[test]
     fn a_payload_of_exactly_the_limit_inflates() {

@@ -1,16 +1,25 @@
 //! The service on the network: frames on any byte stream, and the two
 //! ends of a connection.
 
+mod client_stream;
 #[cfg(test)]
 mod dummy;
 mod frame;
+<<<<<<< 05-stream/src/network/mod.rs
 #[cfg(test)]
 mod naive;
 mod stream;
+=======
+mod linger;
+mod server_stream;
+>>>>>>> 03-frame/src/network/mod.rs
 
+pub use client_stream::ProstClientStream;
 pub use frame::{
-    COMPRESSION_LIMIT, DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, MAX_WIRE_LEN, read_frame,
+    COMPRESSION_LIMIT, DEFAULT_MAX_FRAME, ENTRY_COST, FrameCoder, HEADER_LEN, INLINE_LIMIT,
+    MAX_WIRE_LEN, max_entries, read_frame,
 };
+<<<<<<< 05-stream/src/network/mod.rs
 pub use stream::{ProstStream, WRITE_BACKPRESSURE};
 
 use std::time::Duration;
@@ -184,3 +193,6 @@ mod tests {
     }
     // ANCHOR_END: duplex_test
 }
+=======
+pub use server_stream::ProstServerStream;
+>>>>>>> 03-frame/src/network/mod.rs

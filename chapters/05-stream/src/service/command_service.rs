@@ -6,11 +6,11 @@
 //! empty `Value` (or `false`) in its place, so answers line up with the
 //! keys asked. A table that was never written to is an empty table.
 
-use prost::Message;
+use prost::{Message, length_delimiter_len};
 
 use crate::{
-    CommandResponse, CommandService, DEFAULT_MAX_FRAME, Hdel, Hexist, Hget, Hgetall, Hmdel,
-    Hmexist, Hmget, Hmset, Hset, KvError, Kvpair, Storage, Value,
+    CommandResponse, CommandService, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset,
+    Hset, KvError, Kvpair, Storage, Value, max_entries,
 };
 
 // ANCHOR: check_table
@@ -24,22 +24,46 @@ fn check_table(table: &str) -> Result<(), KvError> {
 // ANCHOR_END: check_table
 
 // ANCHOR: response_limit
-/// The most bytes of values and pairs one answer may carry: what a client
-/// accepts in a frame by default. Without a limit, an `hmget` that names
-/// one large value's key a thousand times would make the server copy that
-/// value a thousand times: a request of a few bytes could cost gigabytes.
-pub const MAX_RESPONSE_LEN: usize = DEFAULT_MAX_FRAME;
+/// The size of an answer while a command builds it. Without a limit, an
+/// `hmget` that names one large value's key a thousand times would make
+/// the server copy that value a thousand times: a request of a few bytes
+/// could cost gigabytes. So each value is counted as it goes in, and the
+/// command stops as soon as the answer would be too large for a frame of
+/// `max` bytes, before it copies anything more.
+struct AnswerSize {
+    /// The answer's encoded length so far.
+    len: usize,
+    /// Its entries so far, counted as `decode_frame` counts them.
+    entries: usize,
+    max: usize,
+}
 
-/// Adds `len` bytes to the size of an answer being built, or fails once
-/// the answer would be larger than [`MAX_RESPONSE_LEN`].
-fn add_to_answer(size: &mut usize, len: usize) -> Result<(), KvError> {
-    *size += len;
-    if *size > MAX_RESPONSE_LEN {
-        return Err(KvError::InvalidCommand(format!(
-            "the answer would be larger than {MAX_RESPONSE_LEN} bytes"
-        )));
+impl AnswerSize {
+    fn new(max: usize) -> Self {
+        // An answer starts with its status: one entry of up to 6 bytes.
+        Self {
+            len: 6,
+            entries: 1,
+            max,
+        }
     }
-    Ok(())
+
+    /// Counts one more value or pair, encoded in `len` bytes.
+    fn add(&mut self, len: usize) -> Result<(), KvError> {
+        self.len += 1 + length_delimiter_len(len) + len;
+        self.entries += 1;
+        if self.len > self.max || self.entries > max_entries(self.max) {
+            return Err(KvError::InvalidCommand(format!(
+                "the answer would be larger than the limit of {} bytes",
+                self.max
+            )));
+        }
+        Ok(())
+    }
+
+    fn add_value(&mut self, value: &Value) -> Result<(), KvError> {
+        self.add(value.encoded_len())
+    }
 }
 // ANCHOR_END: response_limit
 
@@ -58,10 +82,13 @@ fn check_pair(pair: Kvpair) -> Result<(String, Value), KvError> {
 
 // ANCHOR: hget
 impl CommandService for Hget {
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
         match store.get(&self.table, &self.key)? {
-            Some(value) => Ok(value.into()),
+            Some(value) => {
+                AnswerSize::new(max_answer).add_value(&value)?;
+                Ok(value.into())
+            }
             None => Err(KvError::NotFound {
                 table: self.table,
                 key: self.key,
@@ -73,14 +100,14 @@ impl CommandService for Hget {
 
 // ANCHOR: hgetall
 impl CommandService for Hgetall {
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        let mut size = 0;
+        let mut size = AnswerSize::new(max_answer);
         let pairs = store
             .iter(&self.table)?
             .map(|pair| {
                 let pair = pair?;
-                add_to_answer(&mut size, pair.encoded_len())?;
+                size.add(pair.encoded_len())?;
                 Ok(pair)
             })
             .collect::<Result<Vec<_>, KvError>>()?;
@@ -92,18 +119,18 @@ impl CommandService for Hgetall {
 // ANCHOR: hmget
 impl CommandService for Hmget {
     /// Answers one value per key, in order; an empty value for a missing key.
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        let mut size = 0;
-        let values = self
-            .keys
-            .iter()
-            .map(|key| {
-                let value = store.get(&self.table, key)?.unwrap_or_default();
-                add_to_answer(&mut size, value.encoded_len())?;
-                Ok(value)
-            })
-            .collect::<Result<Vec<_>, KvError>>()?;
+        let mut size = AnswerSize::new(max_answer);
+        let values = store.read(&self.table, |t| {
+            (self.keys.iter())
+                .map(|key| {
+                    let value = t.get(key)?.unwrap_or_default();
+                    size.add_value(&value)?;
+                    Ok(value)
+                })
+                .collect::<Result<Vec<_>, KvError>>()
+        })?;
         Ok(values.into())
     }
 }
@@ -112,14 +139,20 @@ impl CommandService for Hmget {
 // ANCHOR: hset
 impl CommandService for Hset {
     /// Answers the value the key had before, or an empty value.
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
         let pair = self
             .pair
             .ok_or_else(|| KvError::InvalidCommand("hset needs a key-value pair".into()))?;
         let (key, value) = check_pair(pair)?;
-        let previous = store.set(&self.table, key, value)?;
-        Ok(previous.unwrap_or_default().into())
+        // In a transaction, so that an answer too large to send undoes
+        // the change: a client never misses the answer to a change made.
+        let previous = store.write(&self.table, |t| {
+            let previous = t.set(key, value)?.unwrap_or_default();
+            AnswerSize::new(max_answer).add_value(&previous)?;
+            Ok(previous)
+        })?;
+        Ok(previous.into())
     }
 }
 // ANCHOR_END: hset
@@ -127,7 +160,7 @@ impl CommandService for Hset {
 // ANCHOR: hmset
 impl CommandService for Hmset {
     /// Answers the previous value of each key, in order.
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
         // Check every pair before writing any, so that a bad pair at the
         // end does not leave the pairs before it written.
@@ -136,10 +169,17 @@ impl CommandService for Hmset {
             .into_iter()
             .map(check_pair)
             .collect::<Result<Vec<_>, _>>()?;
-        let previous = pairs
-            .into_iter()
-            .map(|(key, value)| Ok(store.set(&self.table, key, value)?.unwrap_or_default()))
-            .collect::<Result<Vec<_>, KvError>>()?;
+        // One transaction: all pairs are written, or none.
+        let mut size = AnswerSize::new(max_answer);
+        let previous = store.write(&self.table, |t| {
+            (pairs.into_iter())
+                .map(|(key, value)| {
+                    let previous = t.set(key, value)?.unwrap_or_default();
+                    size.add_value(&previous)?;
+                    Ok(previous)
+                })
+                .collect::<Result<Vec<_>, KvError>>()
+        })?;
         Ok(previous.into())
     }
 }
@@ -148,9 +188,16 @@ impl CommandService for Hmset {
 // ANCHOR: hdel
 impl CommandService for Hdel {
     /// Answers the value that was removed.
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        match store.del(&self.table, &self.key)? {
+        let removed = store.write(&self.table, |t| {
+            let removed = t.del(&self.key)?;
+            if let Some(value) = &removed {
+                AnswerSize::new(max_answer).add_value(value)?;
+            }
+            Ok(removed)
+        })?;
+        match removed {
             Some(value) => Ok(value.into()),
             None => Err(KvError::NotFound {
                 table: self.table,
@@ -165,13 +212,18 @@ impl CommandService for Hdel {
 impl CommandService for Hmdel {
     /// Answers the removed value of each key, in order; an empty value for
     /// a key that was not there.
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        let values = self
-            .keys
-            .iter()
-            .map(|key| Ok(store.del(&self.table, key)?.unwrap_or_default()))
-            .collect::<Result<Vec<_>, KvError>>()?;
+        let mut size = AnswerSize::new(max_answer);
+        let values = store.write(&self.table, |t| {
+            (self.keys.iter())
+                .map(|key| {
+                    let value = t.del(key)?.unwrap_or_default();
+                    size.add_value(&value)?;
+                    Ok(value)
+                })
+                .collect::<Result<Vec<_>, KvError>>()
+        })?;
         Ok(values.into())
     }
 }
@@ -180,21 +232,28 @@ impl CommandService for Hmdel {
 // ANCHOR: hexist
 impl CommandService for Hexist {
     /// Answers one bool.
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        Ok(Value::from(store.contains(&self.table, &self.key)?).into())
+        let value = Value::from(store.contains(&self.table, &self.key)?);
+        AnswerSize::new(max_answer).add_value(&value)?;
+        Ok(value.into())
     }
 }
 
 impl CommandService for Hmexist {
     /// Answers one bool per key, in order.
-    fn execute(self, store: &impl Storage) -> Result<CommandResponse, KvError> {
+    fn execute(self, store: &impl Storage, max_answer: usize) -> Result<CommandResponse, KvError> {
         check_table(&self.table)?;
-        let values = self
-            .keys
-            .iter()
-            .map(|key| Ok(store.contains(&self.table, key)?.into()))
-            .collect::<Result<Vec<Value>, KvError>>()?;
+        let mut size = AnswerSize::new(max_answer);
+        let values = store.read(&self.table, |t| {
+            (self.keys.iter())
+                .map(|key| {
+                    let value = Value::from(t.contains(key)?);
+                    size.add_value(&value)?;
+                    Ok(value)
+                })
+                .collect::<Result<Vec<Value>, KvError>>()
+        })?;
         Ok(values.into())
     }
 }
@@ -362,18 +421,27 @@ mod tests {
         let res = service.execute(CommandRequest::new_hmget("t", vec!["big"; 15]));
         assert_eq!(res.values, vec![big; 15]);
         let res = service.execute(CommandRequest::new_hmget("t", vec!["big"; 20]));
-        let message = "invalid command: the answer would be larger than 16777216 bytes";
+        let message =
+            "invalid command: the answer would be larger than the limit of 16777216 bytes";
         assert_error(&res, 400, message);
 
-        for i in 0..20 {
+        let keys: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        for (i, key) in keys.iter().enumerate() {
             let value = Value::from(vec![i as u8; 1 << 20]);
-            service.execute(CommandRequest::new_hset("many", i.to_string(), value));
+            service.execute(CommandRequest::new_hset("many", key, value));
         }
-        assert_error(
-            &service.execute(CommandRequest::new_hgetall("many")),
-            400,
-            message,
-        );
+        let hgetall = CommandRequest::new_hgetall("many");
+        assert_error(&service.execute(hgetall), 400, message);
+
+        // Writes whose answers (the old values) would be too large are
+        // refused, and change nothing.
+        let pairs = keys.iter().map(|key| Kvpair::new(key.as_str(), 0i64));
+        let hmset = CommandRequest::new_hmset("many", pairs);
+        assert_error(&service.execute(hmset), 400, message);
+        let hmdel = CommandRequest::new_hmdel("many", keys.clone());
+        assert_error(&service.execute(hmdel), 400, message);
+        let res = service.execute(CommandRequest::new_hmget("many", ["0", "19"]));
+        assert_eq!(res.values[1], Value::from(vec![19u8; 1 << 20]));
     }
     // ANCHOR_END: response_limit_test
 

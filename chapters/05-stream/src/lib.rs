@@ -19,14 +19,15 @@ mod tls;
 pub use certs::{DevCertPaths, DevCerts};
 pub use error::KvError;
 pub use network::{
-    COMPRESSION_LIMIT, DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, MAX_WIRE_LEN, ProstClientStream,
-    ProstServerStream, ProstStream, WRITE_BACKPRESSURE, read_frame,
+    COMPRESSION_LIMIT, DEFAULT_MAX_FRAME, ENTRY_COST, FrameCoder, HEADER_LEN, INLINE_LIMIT,
+    MAX_WIRE_LEN, ProstClientStream, ProstServerStream, ProstStream, WRITE_BACKPRESSURE,
+    max_entries,
 };
 pub use pb::abi::{
     CommandRequest, CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset,
     Hset, Kvpair, Value, command_request::RequestData, value,
 };
-pub use server::serve;
+pub use server::{ServerConfig, serve};
 pub use service::{CommandService, Hook, HookMut, Service, ServiceBuilder};
 pub use storage::{MemTable, RedbStore, Storage, StorageIter, TableRead, TableWrite};
 pub use tls::{

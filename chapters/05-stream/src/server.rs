@@ -5,49 +5,38 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-<<<<<<< 05-stream/src/server.rs
-use crate::{ProstServerStream, Service, Storage, TlsServerAcceptor};
-=======
-use crate::{DEFAULT_MAX_FRAME, ProstServerStream, Service, Storage};
+use crate::{DEFAULT_MAX_FRAME, ProstServerStream, Service, Storage, TlsServerAcceptor};
 
 // ANCHOR: config
 /// How [`serve`] runs. Later chapters add fields here, not parameters to
-/// `serve`; each field has a default.
-#[derive(Debug, Clone)]
+/// `serve`; [`ServerConfig::new`] gives each field but `tls` its default.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// The largest request payload accepted, before and after inflating.
     /// Give the service the same limit for its answers
     /// ([`ServiceBuilder::max_answer`](crate::ServiceBuilder::max_answer)).
     pub max_frame: usize,
+    /// The server's certificate and, for mutual TLS, the clients' CA.
+    pub tls: TlsServerAcceptor,
 }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
+impl ServerConfig {
+    pub fn new(tls: TlsServerAcceptor) -> Self {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
+            tls,
         }
     }
 }
 // ANCHOR_END: config
->>>>>>> 03-frame/src/server.rs
 
 // ANCHOR: serve
 /// Serves every connection that `listener` accepts, each in a task of its
 /// own, until the returned future is dropped. Connections are independent:
-<<<<<<< 05-stream/src/server.rs
 /// one client's failed handshake, bad frame or sudden disconnect affects
 /// no one else.
-pub async fn serve<Store>(
-    listener: TcpListener,
-    service: Service<Store>,
-    tls: TlsServerAcceptor,
-    max_frame: usize,
-) where
-=======
-/// one client's bad frame or sudden disconnect affects no one else.
 pub async fn serve<Store>(listener: TcpListener, service: Service<Store>, config: ServerConfig)
 where
->>>>>>> 03-frame/src/server.rs
     Store: Storage + 'static,
 {
     loop {
@@ -62,12 +51,7 @@ where
             }
         };
         info!(%peer, "client connected");
-<<<<<<< 05-stream/src/server.rs
-        let (service, tls) = (service.clone(), tls.clone());
-=======
-        let connection =
-            ProstServerStream::new(stream, service.clone()).max_frame(config.max_frame);
->>>>>>> 03-frame/src/server.rs
+        let (service, tls, max_frame) = (service.clone(), config.tls.clone(), config.max_frame);
         tokio::spawn(async move {
             // The handshake runs here, in the connection's own task, so a
             // slow or broken client never holds up the accept loop.

@@ -8,13 +8,14 @@ use std::{io::Write, net::SocketAddr, time::Duration};
 use bytes::{BufMut, BytesMut};
 use common::{CERTS, acceptor, connector};
 use flate2::{Compression, write::GzEncoder};
+use futures::StreamExt;
 use kv::{
     CommandRequest, CommandResponse, DEFAULT_MAX_FRAME, FrameCoder, Hmset, Kvpair, MemTable,
-    ProstClientStream, ServerConfig, Service, Value, read_frame, serve,
+    ProstClientStream, ProstStream, ServerConfig, Service, Value, serve,
 };
 use prost::Message;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 use tokio_rustls::client::TlsStream;
@@ -25,12 +26,11 @@ use tokio_rustls::client::TlsStream;
 async fn start_server(service: Service, max_frame: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-<<<<<<< 05-stream/tests/tcp.rs
-    tokio::spawn(serve(listener, service, acceptor(&CERTS, false), max_frame));
-=======
-    let config = ServerConfig { max_frame };
+    let config = ServerConfig {
+        max_frame,
+        tls: acceptor(&CERTS, false),
+    };
     tokio::spawn(serve(listener, service, config));
->>>>>>> 03-frame/tests/tcp.rs
     addr
 }
 // ANCHOR_END: start_server
@@ -67,12 +67,11 @@ async fn assert_still_serving(addr: SocketAddr) {
 }
 
 /// Reads one response from a raw stream, or `None` if the server hung up.
-async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<CommandResponse> {
-    let mut buf = BytesMut::new();
-    read_frame(stream, &mut buf, DEFAULT_MAX_FRAME)
-        .await
-        .unwrap()
-        .then(|| CommandResponse::decode_frame(&mut buf, DEFAULT_MAX_FRAME).unwrap())
+async fn read_response(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) -> Option<CommandResponse> {
+    let mut frames = ProstStream::<_, CommandResponse, CommandRequest>::new(stream);
+    frames.next().await.map(Result::unwrap)
 }
 
 /// A frame with any header bit and payload, valid or not.
@@ -282,7 +281,7 @@ async fn a_small_frame_of_millions_of_entries_gets_413_and_stores_nothing() {
     let frame = raw_frame(true, &gzip.finish().unwrap());
     assert!(frame.len() < 100_000, "{} bytes", frame.len());
 
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut stream = connect(addr).await;
     stream.write_all(&frame).await.unwrap();
     let res = read_response(&mut stream).await.unwrap();
     assert_eq!(res.status, 413);

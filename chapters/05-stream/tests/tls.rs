@@ -6,8 +6,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{CERTS, acceptor, certs, connector};
 use kv::{
-    ALPN_KV, CommandRequest, DEFAULT_MAX_FRAME, DevCerts, FrameCoder, KvError, MemTable,
-    ProstClientStream, Service, TlsClientConnector, TlsServerAcceptor, Value, serve,
+    ALPN_KV, CommandRequest, DevCerts, FrameCoder, KvError, MemTable, ProstClientStream,
+    ServerConfig, Service, TlsClientConnector, TlsServerAcceptor, Value, serve,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -22,7 +22,7 @@ async fn start_server(tls: TlsServerAcceptor) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = Service::new(MemTable::new());
-    tokio::spawn(serve(listener, service, tls, DEFAULT_MAX_FRAME));
+    tokio::spawn(serve(listener, service, ServerConfig::new(tls)));
     addr
 }
 

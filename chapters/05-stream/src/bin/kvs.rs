@@ -14,14 +14,10 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
-<<<<<<< 05-stream/src/bin/kvs.rs
 use kv::{
-    DEFAULT_MAX_FRAME, DevCertPaths, DevCerts, MemTable, RedbStore, Service, Storage,
+    DEFAULT_MAX_FRAME, DevCertPaths, DevCerts, MemTable, RedbStore, ServerConfig, Service, Storage,
     TlsServerAcceptor, serve,
 };
-=======
-use kv::{DEFAULT_MAX_FRAME, MemTable, RedbStore, ServerConfig, Service, Storage, serve};
->>>>>>> 03-frame/src/bin/kvs.rs
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 use tracing_subscriber::EnvFilter;
@@ -102,14 +98,10 @@ async fn run<Store: Storage + 'static>(
         .max_answer(max_frame)
         .on_executed(|response| debug!(status = response.status, "executed"))
         .build();
-    let config = ServerConfig { max_frame };
+    let config = ServerConfig { max_frame, tls };
     println!("kvs listening on {}", listener.local_addr()?);
     tokio::select! {
-<<<<<<< 05-stream/src/bin/kvs.rs
-        () = serve(listener, service, tls, max_frame) => {}
-=======
         () = serve(listener, service, config) => {}
->>>>>>> 03-frame/src/bin/kvs.rs
         signal = tokio::signal::ctrl_c() => {
             signal.context("cannot wait for Ctrl-C")?;
             info!("shutting down");

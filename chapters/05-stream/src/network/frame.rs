@@ -13,12 +13,11 @@
 //! gzip-compressed; the other 31 bits give the payload's length in bytes,
 //! as sent (compressed, if it is).
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 
 use bytes::{Buf, BufMut, BytesMut};
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{CommandRequest, CommandResponse, KvError};
 
@@ -45,10 +44,7 @@ pub const MAX_WIRE_LEN: usize = (COMPRESSED - 1) as usize;
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// How much buffer `read_frame` adds at a time while a payload arrives.
-<<<<<<< 05-stream/src/network/frame.rs
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
-=======
-const READ_CHUNK: usize = 64 * 1024;
 
 /// What one entry of a repeated field (a key of `hmget`, a pair of
 /// `hmset`, a value of an answer) may cost in memory once decoded, beyond
@@ -60,7 +56,6 @@ pub const ENTRY_COST: usize = 256;
 /// arrive, on the async runtime's thread: that takes microseconds. Larger
 /// or compressed frames are decoded on a thread meant for blocking work.
 pub const INLINE_LIMIT: usize = 4 * 1024;
->>>>>>> 03-frame/src/network/frame.rs
 // ANCHOR_END: constants
 
 // ANCHOR: max_entries
@@ -75,7 +70,7 @@ pub fn max_entries(max_frame: usize) -> usize {
 
 // ANCHOR: frame_coder
 /// A message that travels in frames.
-pub trait FrameCoder: Message + Default + Sized {
+pub trait FrameCoder: Message + Default + Sized + 'static {
     /// How deep in the message its repeated fields are: 1 for fields of
     /// the message itself, 2 for fields of a message inside it.
     const ENTRY_DEPTH: usize;
@@ -218,8 +213,8 @@ fn count_fields(mut message: &[u8], depth: usize) -> usize {
 }
 // ANCHOR_END: decode_counted
 
-/// Whether a whole frame, as [`read_frame`] leaves it, is small enough to
-/// decode inline (see [`INLINE_LIMIT`]).
+/// Whether a whole frame is small enough to decode inline (see
+/// [`INLINE_LIMIT`]).
 pub(crate) fn decodes_inline(frame: &[u8]) -> bool {
     let Some(header) = frame.get(..HEADER_LEN) else {
         return true; // not even a header: decoding fails at once
@@ -243,14 +238,21 @@ pub(crate) fn parse_header(header: &[u8]) -> (bool, usize) {
 /// arrives. The buffer grows as bytes arrive, never ahead of them, so a
 /// header that claims a large payload costs nothing until the payload
 /// really comes.
-pub async fn read_frame<S>(
+///
+/// `ProstStream` does this work now; only the naive stream, kept as a
+/// lesson, still calls this.
+#[cfg(test)]
+pub(crate) async fn read_frame<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     max_len: usize,
 ) -> Result<bool, KvError>
 where
-    S: AsyncRead + Unpin,
+    S: tokio::io::AsyncRead + Unpin,
 {
+    use std::io::ErrorKind;
+    use tokio::io::AsyncReadExt;
+
     let mut header = [0; HEADER_LEN];
     let mut filled = 0;
     while filled < HEADER_LEN {
@@ -302,6 +304,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::io::ErrorKind;
+
     use super::*;
     use crate::network::dummy::DummyStream;
 

@@ -14,7 +14,8 @@ use bytes::BytesMut;
 use futures::{FutureExt, Stream};
 use tokio::io::AsyncRead;
 
-use crate::{CommandRequest, DEFAULT_MAX_FRAME, FrameCoder, KvError, read_frame};
+use super::frame::read_frame;
+use crate::{CommandRequest, DEFAULT_MAX_FRAME, FrameCoder, KvError};
 
 // ANCHOR: naive
 /// A stream of requests that keeps no state between polls. Do not do this.

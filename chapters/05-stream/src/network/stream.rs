@@ -2,6 +2,7 @@
 //! decoded messages and a `Sink` of messages to encode.
 
 use std::{
+    future::Future,
     io::{self, ErrorKind},
     marker::PhantomData,
     pin::Pin,
@@ -10,10 +11,16 @@ use std::{
 
 use bytes::{Buf, BytesMut};
 use futures::{Sink, Stream, stream::FusedStream};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    task::JoinHandle,
+};
 use tokio_util::io::poll_read_buf;
 
-use super::frame::{DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, READ_CHUNK, parse_header};
+use super::frame::{
+    DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, INLINE_LIMIT, READ_CHUNK, decodes_inline,
+    parse_header,
+};
 use crate::KvError;
 
 // ANCHOR: struct
@@ -38,9 +45,13 @@ pub struct ProstStream<S, In, Out> {
     max_frame: usize,
     /// Set once the stream cannot yield another message.
     terminated: bool,
-    // `fn() -> T` says "produces In and Out" without owning any: the
-    // stream is `Send`, `Sync` and `Unpin` whatever the message types are.
-    _messages: PhantomData<fn() -> (In, Out)>,
+    /// A large frame being decoded on a blocking thread.
+    decoding: Option<JoinHandle<Result<In, KvError>>>,
+    /// A large message being encoded on a blocking thread.
+    encoding: Option<JoinHandle<Result<BytesMut, KvError>>>,
+    // `fn() -> Out` says "consumes Out" without owning one: `Out` appears
+    // in no field, and a type parameter that no field uses is an error.
+    _out: PhantomData<fn() -> Out>,
 }
 // ANCHOR_END: struct
 
@@ -58,7 +69,9 @@ where
             write_buf: BytesMut::new(),
             max_frame: DEFAULT_MAX_FRAME,
             terminated: false,
-            _messages: PhantomData,
+            decoding: None,
+            encoding: None,
+            _out: PhantomData,
         }
     }
 
@@ -94,11 +107,12 @@ where
             return Ok(None);
         }
         let frame = self.read_buf.split_to(HEADER_LEN + len);
-        if self.read_buf.is_empty() && frame.len() > READ_CHUNK {
+        if frame.len() > READ_CHUNK {
             // The rest of the buffer still shares the large frame's
-            // memory. Start afresh, so that the memory goes with the frame
-            // and a connection does not keep its largest buffer for good.
-            self.read_buf = BytesMut::new();
+            // memory. Copy the rest (the start of the next frames, if any)
+            // to a buffer of its own, so that the memory goes with the
+            // frame and a connection does not keep its largest buffer.
+            self.read_buf = BytesMut::from(&self.read_buf[..]);
         }
         Ok(Some(frame))
     }
@@ -115,9 +129,29 @@ where
             }
             self.write_buf.advance(n);
         }
+        if self.write_buf.capacity() > READ_CHUNK {
+            // Empty, but large after a large frame: let the memory go.
+            self.write_buf = BytesMut::new();
+        }
         Poll::Ready(Ok(()))
     }
     // ANCHOR_END: poll_write_buf
+
+    // ANCHOR: poll_encoding
+    /// Waits for a large message being encoded, if there is one, and puts
+    /// its frame in the write buffer, after the frames before it.
+    fn poll_encoding(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
+        if let Some(job) = &mut self.encoding {
+            let done = ready!(Pin::new(job).poll(cx));
+            self.encoding = None;
+            let frame =
+                done.map_err(|err| KvError::Internal(format!("encoding failed: {err}")))??;
+            // Moves `frame` in if the buffer is empty, else copies it.
+            self.write_buf.unsplit(frame);
+        }
+        Poll::Ready(Ok(()))
+    }
+    // ANCHOR_END: poll_encoding
 }
 
 // ANCHOR: stream
@@ -134,14 +168,32 @@ where
         // a plain `&mut`.
         let this = self.get_mut();
         loop {
+            // A large frame is being decoded elsewhere: its message (or
+            // the reason it does not decode) is the next item.
+            if let Some(job) = &mut this.decoding {
+                let done = ready!(Pin::new(job).poll(cx));
+                this.decoding = None;
+                let decoded = done
+                    .map_err(|err| KvError::Internal(format!("decoding failed: {err}")))
+                    .and_then(|decoded| decoded);
+                return Poll::Ready(Some(decoded));
+            }
             if this.terminated {
                 return Poll::Ready(None);
             }
             match this.next_frame() {
                 // A whole frame: decode it. If it does not decode, the
                 // error is the item, and the next frame comes after it.
-                Ok(Some(mut frame)) => {
+                Ok(Some(mut frame)) if decodes_inline(&frame) => {
                     return Poll::Ready(Some(In::decode_frame(&mut frame, this.max_frame)));
+                }
+                // Large or compressed: decode on a thread meant for
+                // blocking work, and poll the job at the top of the loop.
+                Ok(Some(mut frame)) => {
+                    let max = this.max_frame;
+                    let job = move || In::decode_frame(&mut frame, max);
+                    this.decoding = Some(tokio::task::spawn_blocking(job));
+                    continue;
                 }
                 Ok(None) => {}
                 Err(err) => {
@@ -208,20 +260,33 @@ where
     /// then write first, so that a fast sender cannot fill memory.
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
         let this = self.get_mut();
+        ready!(this.poll_encoding(cx))?;
         if this.write_buf.len() >= WRITE_BACKPRESSURE {
             ready!(this.poll_write_buf(cx))?;
         }
         Poll::Ready(Ok(()))
     }
 
-    /// Encodes the message into the write buffer; writes nothing yet.
+    /// Encodes the message into the write buffer; writes nothing yet. A
+    /// large message is encoded (and compressed) on a thread meant for
+    /// blocking work: `poll_ready` and `poll_flush` wait for it.
     fn start_send(self: Pin<&mut Self>, item: Out) -> Result<(), KvError> {
-        item.encode_frame(&mut self.get_mut().write_buf)
+        let this = self.get_mut();
+        if item.encoded_len() <= INLINE_LIMIT {
+            return item.encode_frame(&mut this.write_buf);
+        }
+        this.encoding = Some(tokio::task::spawn_blocking(move || {
+            let mut frame = BytesMut::new();
+            item.encode_frame(&mut frame)?;
+            Ok(frame)
+        }));
+        Ok(())
     }
 
     /// Writes everything buffered, then flushes the stream.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
         let this = self.get_mut();
+        ready!(this.poll_encoding(cx))?;
         ready!(this.poll_write_buf(cx))?;
         ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
         Poll::Ready(Ok(()))
@@ -231,6 +296,7 @@ where
     /// close_notify).
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
         let this = self.get_mut();
+        ready!(this.poll_encoding(cx))?;
         ready!(this.poll_write_buf(cx))?;
         ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
         ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
@@ -382,6 +448,7 @@ mod tests {
     }
     // ANCHOR_END: backpressure_test
 
+    // ANCHOR: lean_test
     #[tokio::test]
     async fn a_large_frame_leaves_no_large_buffer_behind() {
         // Bytes that do not compress (xorshift), so the frame stays large.
@@ -395,13 +462,23 @@ mod tests {
             })
             .collect();
         let mut stream = Loopback::new(DummyStream::new(BytesMut::new()));
+        let small = CommandRequest::new_hget("t", "k");
         stream
-            .send(CommandRequest::new_hset("t", "k", value))
+            .feed(CommandRequest::new_hset("t", "k", value))
             .await
             .unwrap();
+        stream.send(small.clone()).await.unwrap();
+        assert!(stream.write_buf.capacity() <= READ_CHUNK, "written, let go");
+
         stream.next().await.unwrap().unwrap();
-        assert_eq!(stream.read_buf.capacity(), 0, "a fresh buffer");
+        assert!(!stream.read_buf.is_empty(), "the small frame follows");
+        assert!(
+            stream.read_buf.capacity() <= READ_CHUNK,
+            "and the buffer is small"
+        );
+        assert_eq!(stream.next().await.unwrap().unwrap(), small);
     }
+    // ANCHOR_END: lean_test
 
     #[tokio::test]
     async fn close_flushes_then_shuts_down() {
@@ -419,12 +496,16 @@ mod tests {
     }
 
     #[test]
-    fn prost_stream_is_unpin_send_and_sync_whatever_the_messages() {
-        fn check<T: Unpin + Send + Sync>() {}
-        // `Rc` is neither `Send` nor `Sync`, `PhantomPinned` is not `Unpin`:
-        // the stream holds no message, so it does not inherit either.
+    fn prost_stream_is_unpin_whatever_the_messages_and_send_with_them() {
+        fn unpin<T: Unpin>() {}
+        fn send_sync<T: Send + Sync>() {}
+        // `PhantomPinned` is not `Unpin`, `Rc` neither `Send` nor `Sync`.
+        // The stream never pins a message, so it is `Unpin` regardless. A
+        // decoding job holds an `In`, so `Send` needs `In: Send`, which
+        // every prost message is.
         type Odd = (std::rc::Rc<()>, std::marker::PhantomPinned);
-        check::<ProstStream<tokio::net::TcpStream, Odd, Odd>>();
+        unpin::<ProstStream<tokio::net::TcpStream, Odd, Odd>>();
+        send_sync::<ProstStream<tokio::net::TcpStream, CommandRequest, CommandRequest>>();
     }
 
     // ANCHOR: proptest

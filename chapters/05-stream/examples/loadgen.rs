@@ -3,10 +3,18 @@
 //!
 //! cargo run --release --example loadgen -- -c 50 -n 100000
 //!
+//! With `--heavy`, one more connection sets and gets a 16 MB value in a
+//! loop meanwhile: the latencies then show whether large requests hold up
+//! small ones.
+//!
 //! Start `kvs` first, in the same folder (it must trust `dev-certs/`).
 
 use std::{
     path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -33,6 +41,10 @@ struct Args {
     /// How many requests to send in all.
     #[arg(short = 'n', long, default_value_t = 100_000)]
     requests: usize,
+
+    /// Also move a 16 MB compressible value back and forth, all along.
+    #[arg(long)]
+    heavy: bool,
 }
 
 // ANCHOR: client
@@ -68,6 +80,34 @@ async fn run_client(
 }
 // ANCHOR_END: client
 
+// ANCHOR: heavy
+/// Sets and gets a 16 MB value that compresses well, until `done` is set;
+/// returns how many round trips it made.
+async fn run_heavy(
+    addr: String,
+    tls: TlsClientConnector,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<usize> {
+    let tcp = TcpStream::connect(&addr).await?;
+    let mut client = ProstClientStream::new(tls.connect(tcp).await?);
+    let value = "a heavy value, ".repeat(16_000_000 / 15);
+    let mut trips = 0;
+    while !done.load(Ordering::Relaxed) {
+        let set = CommandRequest::new_hset("heavy", "k", value.as_str());
+        let res = client.execute(set).await?;
+        if !res.is_ok() {
+            bail!("error {}: {}", res.status, res.message);
+        }
+        client
+            .execute(CommandRequest::new_hget("heavy", "k"))
+            .await?;
+        trips += 1;
+    }
+    client.close().await?;
+    Ok(trips)
+}
+// ANCHOR_END: heavy
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[index]
@@ -81,6 +121,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let tls = TlsClientConnector::from_pem_files("localhost", &args.ca, None)?;
 
+    let done = Arc::new(AtomicBool::new(false));
+    let heavy = args
+        .heavy
+        .then(|| tokio::spawn(run_heavy(args.addr.clone(), tls.clone(), Arc::clone(&done))));
+
     let start = Instant::now();
     let per_client = args.requests / args.connections;
     let clients: Vec<_> = (0..args.connections)
@@ -91,6 +136,11 @@ async fn main() -> anyhow::Result<()> {
         latencies.extend(client.await??);
     }
     let elapsed = start.elapsed();
+    done.store(true, Ordering::Relaxed);
+    if let Some(heavy) = heavy {
+        let trips = heavy.await??;
+        println!("meanwhile: {trips} round trips of a 16 MB value");
+    }
 
     latencies.sort_unstable();
     let total = latencies.len();

@@ -214,8 +214,8 @@ fn count_fields(mut message: &[u8], depth: usize) -> usize {
 }
 // ANCHOR_END: decode_counted
 
-/// Whether a whole frame, as [`read_frame`] leaves it, is small enough to
-/// decode inline (see [`INLINE_LIMIT`]).
+/// Whether a whole frame is small enough to decode inline (see
+/// [`INLINE_LIMIT`]).
 pub(crate) fn decodes_inline(frame: &[u8]) -> bool {
     let Some(header) = frame.get(..HEADER_LEN) else {
         return true; // not even a header: decoding fails at once

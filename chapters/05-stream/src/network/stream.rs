@@ -49,9 +49,11 @@ pub struct ProstStream<S, In, Out> {
     decoding: Option<JoinHandle<Result<In, KvError>>>,
     /// A large message being encoded on a blocking thread.
     encoding: Option<JoinHandle<Result<BytesMut, KvError>>>,
-    // `fn() -> Out` says "consumes Out" without owning one: `Out` appears
-    // in no field, and a type parameter that no field uses is an error.
-    _out: PhantomData<fn() -> Out>,
+    // No field holds an `Out`, and a type parameter that no field uses is
+    // an error (E0392). `fn(Out)` names it as something the stream takes
+    // but never owns, so `Out` does not decide whether the stream is
+    // `Send`, `Sync` or `Unpin`.
+    _out: PhantomData<fn(Out)>,
 }
 // ANCHOR_END: struct
 

@@ -113,6 +113,8 @@ impl Storage for RedbStore {
         Ok(Box::new(pairs))
     }
 
+    // ANCHOR_END: storage
+
     // ANCHOR: transactions
     fn read<T>(
         &self,
@@ -147,7 +149,6 @@ impl Storage for RedbStore {
     }
     // ANCHOR_END: transactions
 }
-// ANCHOR_END: storage
 
 // ANCHOR: txn_tables
 /// A table in a read transaction; `None` if it does not exist.

@@ -135,8 +135,9 @@ impl TableRead for MemRead<'_> {
 }
 
 /// A write transaction on a [`MemTable`]. Its changes wait here (`None`
-/// for a deletion) and reach the table only once `work` succeeds: other
-/// requests never see half of them, and a failure leaves nothing to undo.
+/// for a deletion) and reach the table only once `work` succeeds, so a
+/// failure leaves nothing to undo. They reach it one key at a time: a
+/// read at that moment may see some of them and not others.
 struct MemWrite<'a> {
     table: MemRead<'a>,
     changes: HashMap<String, Option<Value>>,

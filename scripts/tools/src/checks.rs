@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::diff::{self, ChapterDiff};
 use crate::repo::Repo;
 use crate::report::Problem;
-use crate::{includes, lockstep, pages};
+use crate::{coverage, includes, listings, lockstep, pages};
 
 /// One of the checks of `repo-tools check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,13 +18,24 @@ pub enum Check {
     Includes,
     /// Every chapter page shows every changed file.
     Pages,
+    /// Every chapter's pages show enough of its changed lines.
+    Coverage,
+    /// Every listing of a chapter file names the file.
+    Listings,
     /// Shared dependencies have the same versions and specs.
     Lockstep,
 }
 
 impl Check {
     /// All checks, in the order `check` runs them.
-    pub const ALL: [Check; 4] = [Check::Diffs, Check::Includes, Check::Pages, Check::Lockstep];
+    pub const ALL: [Check; 6] = [
+        Check::Diffs,
+        Check::Includes,
+        Check::Pages,
+        Check::Coverage,
+        Check::Listings,
+        Check::Lockstep,
+    ];
 
     /// The name of the check's own subcommand.
     pub fn name(self) -> &'static str {
@@ -32,6 +43,8 @@ impl Check {
             Check::Diffs => "check-diffs",
             Check::Includes => "check-includes",
             Check::Pages => "check-pages",
+            Check::Coverage => "check-coverage",
+            Check::Listings => "check-listings",
             Check::Lockstep => "check-lockstep",
         }
     }
@@ -40,6 +53,9 @@ impl Check {
     fn hint(self) -> Option<&'static str> {
         match self {
             Check::Diffs => Some("hint: run scripts/gen-diffs to regenerate book/src/diffs/"),
+            Check::Coverage => Some(
+                "hint: show the lines on the chapter's pages, or list the file with a reason in book/not-shown.toml",
+            ),
             _ => None,
         }
     }
@@ -50,6 +66,8 @@ impl Check {
             Check::Diffs => diff::check(repo, diffs),
             Check::Includes => includes::check(repo),
             Check::Pages => pages::check(repo, diffs),
+            Check::Coverage => coverage::check(repo, diffs),
+            Check::Listings => listings::check(repo),
             Check::Lockstep => lockstep::check(repo),
         }
     }
@@ -60,7 +78,7 @@ impl Check {
 pub fn run(repo: &Repo, checks: &[Check], out: &mut impl Write) -> Result<bool> {
     let needs_diffs = checks
         .iter()
-        .any(|c| matches!(c, Check::Diffs | Check::Pages));
+        .any(|c| matches!(c, Check::Diffs | Check::Pages | Check::Coverage));
     let diffs = if needs_diffs {
         diff::chapter_diffs(repo)?
     } else {

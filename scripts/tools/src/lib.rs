@@ -2,8 +2,10 @@
 //! files for the book, and checks that the book shows what the chapters do.
 
 pub mod checks;
+pub mod coverage;
 pub mod diff;
 pub mod includes;
+pub mod listings;
 pub mod lockstep;
 pub mod pages;
 pub mod repo;

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use repo_tools::checks::{self, Check};
-use repo_tools::diff;
 use repo_tools::repo::Repo;
+use repo_tools::{coverage, diff};
 
 /// Diffs between chapters and checks of the book.
 #[derive(Parser)]
@@ -49,6 +49,12 @@ enum Command {
     CheckIncludes,
     /// Every chapter page exists and shows every file the chapter changes.
     CheckPages,
+    /// Every chapter's pages show at least 95% of its changed lines.
+    CheckCoverage,
+    /// Every listing of a chapter file names the file in the paragraph before it.
+    CheckListings,
+    /// Print how many of each chapter's changed lines its pages show.
+    Coverage,
     /// Dependencies shared by chapters have the same versions and specs.
     CheckLockstep,
 }
@@ -93,6 +99,14 @@ fn run() -> Result<bool> {
         Command::CheckDiffs => &[Check::Diffs],
         Command::CheckIncludes => &[Check::Includes],
         Command::CheckPages => &[Check::Pages],
+        Command::CheckCoverage => &[Check::Coverage],
+        Command::CheckListings => &[Check::Listings],
+        Command::Coverage => {
+            let diffs = diff::chapter_diffs(&repo)?;
+            let report = coverage::report(&coverage::compute(&repo, &diffs)?);
+            out.write_all(report.as_bytes())?;
+            return Ok(true);
+        }
         Command::CheckLockstep => &[Check::Lockstep],
     };
     checks::run(&repo, checks, &mut out)

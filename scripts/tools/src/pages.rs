@@ -66,7 +66,7 @@ pub fn check(repo: &Repo, diffs: &[ChapterDiff]) -> Result<Vec<Problem>> {
 }
 
 /// Every page of chapter `nn`: `book/src/NN-*.md`, in name order.
-fn chapter_pages(repo: &Repo, nn: &str) -> Result<Vec<PathBuf>> {
+pub fn chapter_pages(repo: &Repo, nn: &str) -> Result<Vec<PathBuf>> {
     let src = repo.root.join("book/src");
     let prefix = format!("{nn}-");
     let mut pages = Vec::new();

@@ -360,6 +360,8 @@ fn a_good_tree_passes_every_check() {
             "ok: check-diffs",
             "ok: check-includes",
             "ok: check-pages",
+            "ok: check-coverage",
+            "ok: check-listings",
             "ok: check-lockstep"
         ]
     );
@@ -688,4 +690,102 @@ fn book_diffs_leave_out_anchor_lines_but_the_diff_command_keeps_them() {
     assert!(book[0].files.iter().all(|f| f.path != "src/lib.rs"));
     let stripped = diff::strip_anchor_lines(b"a\n// ANCHOR: x\nb\n// ANCHOR_END: x\n".to_vec());
     assert_eq!(stripped, b"a\nb\n");
+}
+
+// ---- check-coverage ---------------------------------------------------------
+
+#[test]
+fn changed_lines_leave_out_blank_lines_and_anchor_markers() {
+    use repo_tools::coverage::changed_lines;
+    let old = "a\nb\n";
+    let new = "a\n// ANCHOR: x\nc\n\nb\n// ANCHOR_END: x\nd\n";
+    assert_eq!(changed_lines(old, new), [3, 7]);
+    assert_eq!(changed_lines("", "x\n\ny\n"), [1, 3]);
+    assert!(changed_lines(old, "a\n// ANCHOR: y\nb\n").is_empty());
+}
+
+#[test]
+fn included_lines_follow_anchors_and_ranges() {
+    use repo_tools::coverage::included_lines;
+    let text = "one\n// ANCHOR: a\ntwo\n// ANCHOR_END: a\nthree\n";
+    let lines = |part| included_lines(text, &part).into_iter().collect::<Vec<_>>();
+    assert_eq!(lines(Part::Anchor("a".into())), [3]);
+    assert_eq!(lines(Part::Whole), [1, 2, 3, 4, 5]);
+    let range = Part::Lines {
+        start: Some(4),
+        end: None,
+        bad_end: None,
+    };
+    assert_eq!(lines(range), [4, 5]);
+}
+
+#[test]
+fn check_coverage_fails_below_the_threshold_and_names_the_lines() {
+    let fake = Fake::new();
+    // Only `greet_all` of the changed lines of lib.rs is still shown.
+    fake.edit(
+        "book/src/02-b.md",
+        "{{#include diffs/02/src/lib.rs.diff}}",
+        "",
+    );
+    let (ok, lines) = fake.check(&[Check::Coverage]);
+    assert!(!ok, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("book/src/02-b.md: shows ")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&"chapters/02-b/src/lib.rs: lines not shown: 1".to_string()),
+        "{lines:#?}"
+    );
+    let report = repo_tools::coverage::report(
+        &repo_tools::coverage::compute(&fake.repo(), &diff::chapter_diffs(&fake.repo()).unwrap())
+            .unwrap(),
+    );
+    assert!(report.contains("src/lib.rs: lines 1"), "{report}");
+
+    // Listed as not shown, with a reason, the file no longer counts.
+    fake.write(
+        "book/not-shown.toml",
+        "[[file]]\nchapter = \"02-b\"\npath = \"src/lib.rs\"\nreason = \"a test\"\n",
+    );
+    fake.assert_passes(Check::Coverage);
+}
+
+#[test]
+fn an_entry_of_not_shown_needs_a_reason() {
+    let fake = Fake::new();
+    fake.write(
+        "book/not-shown.toml",
+        "[[file]]\nchapter = \"02-b\"\npath = \"src/lib.rs\"\n",
+    );
+    let err = checks::run(&fake.repo(), &[Check::Coverage], &mut Vec::new()).unwrap_err();
+    assert!(
+        err.to_string().contains("an entry has no `reason`"),
+        "{err}"
+    );
+}
+
+// ---- check-listings ---------------------------------------------------------
+
+#[test]
+fn check_listings_wants_the_file_named_before_each_listing() {
+    let fake = Fake::new();
+    fake.write(
+        "book/src/02-b.md",
+        &format!(
+            "{PAGE_02}\nSome code:\n\n```rust\n{{{{#include ../../chapters/02-b/src/extra.rs:extra}}}}\n```\n"
+        ),
+    );
+    let line = PAGE_02.lines().count() + 5;
+    fake.assert_fails(
+        Check::Listings,
+        &[&format!(
+            "book/src/02-b.md:{line}: {{{{#include ../../chapters/02-b/src/extra.rs:extra}}}}: the paragraph before this listing does not name `src/extra.rs`"
+        )],
+    );
+    fake.edit("book/src/02-b.md", "Some code:", "In `src/extra.rs`:");
+    fake.assert_passes(Check::Listings);
 }

@@ -1,6 +1,5 @@
 use thiserror::Error;
 
-// ANCHOR: error
 /// Everything that can go wrong while serving a request.
 ///
 /// Each message includes its cause, because the message is all that a
@@ -27,7 +26,6 @@ pub enum KvError {
     #[error("internal error: {0}")]
     Internal(String),
 }
-// ANCHOR_END: error
 
 // ANCHOR: status
 impl KvError {
@@ -42,7 +40,6 @@ impl KvError {
 }
 // ANCHOR_END: status
 
-// ANCHOR: from_redb
 // redb has an error type per operation (opening a table, starting or
 // committing a transaction, ...). Each converts into `redb::Error`; these
 // impls let `?` take them straight to a `KvError`. The error is boxed
@@ -67,7 +64,6 @@ from_redb_error!(
     redb::StorageError,
     redb::CommitError,
 );
-// ANCHOR_END: from_redb
 
 #[cfg(test)]
 mod tests {

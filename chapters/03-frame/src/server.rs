@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! The accept loop of the TCP server.
 
 use std::time::Duration;
@@ -6,6 +7,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::{DEFAULT_MAX_FRAME, ProstServerStream, Service, Storage};
+// ANCHOR_END: imports
 
 // ANCHOR: config
 /// How [`serve`] runs. Later chapters add fields here, not parameters to

@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! The binaries as a user runs them: `kvs` in the background, `kvc` for
 //! each command.
 
@@ -6,7 +7,9 @@ use std::{
     net::TcpListener,
     process::{Child, Command, Output, Stdio},
 };
+// ANCHOR_END: imports
 
+// ANCHOR: start_kvs
 /// A running `kvs`, killed when dropped.
 struct Server {
     child: Child,
@@ -20,7 +23,6 @@ impl Drop for Server {
     }
 }
 
-// ANCHOR: start_kvs
 /// Starts `kvs` on a free port and waits for the line that says it is
 /// listening.
 fn start_kvs() -> Server {
@@ -42,6 +44,7 @@ fn start_kvs() -> Server {
 }
 // ANCHOR_END: start_kvs
 
+// ANCHOR: cli_tests
 fn kvc(addr: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kvc"))
         .arg("--addr")
@@ -134,3 +137,4 @@ fn kvc_rejects_a_badly_typed_value_before_connecting() {
     assert_eq!(output.status.code(), Some(2), "a usage error");
     assert!(stderr(&output).contains("`many` is not an int"));
 }
+// ANCHOR_END: cli_tests

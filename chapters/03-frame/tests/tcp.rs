@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! The server over real TCP: every command, large values, hostile input,
 //! and many clients at once.
 
@@ -14,6 +15,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
+// ANCHOR_END: imports
 
 // ANCHOR: start_server
 /// Starts a server on a free port. It is ready when this returns: the
@@ -27,6 +29,7 @@ async fn start_server(service: Service, max_frame: usize) -> SocketAddr {
 }
 // ANCHOR_END: start_server
 
+// ANCHOR: helpers
 async fn new_client(addr: SocketAddr) -> ProstClientStream<TcpStream> {
     ProstClientStream::new(TcpStream::connect(addr).await.unwrap())
 }
@@ -80,7 +83,9 @@ fn random_bytes(len: usize) -> Vec<u8> {
         })
         .collect()
 }
+// ANCHOR_END: helpers
 
+// ANCHOR: every_command
 #[tokio::test]
 async fn every_command_works_end_to_end() {
     let addr = start_server(Service::new(MemTable::new()), DEFAULT_MAX_FRAME).await;
@@ -120,6 +125,7 @@ async fn every_command_works_end_to_end() {
     let res = run(CommandRequest::default()).await;
     assert_eq!(res.status, 400);
 }
+// ANCHOR_END: every_command
 
 // ANCHOR: after_send_test
 #[tokio::test]
@@ -247,6 +253,7 @@ async fn a_gzip_bomb_is_refused_and_the_connection_goes_on() {
     );
     assert_still_serving(addr).await;
 }
+// ANCHOR_END: hostile_tests
 
 // ANCHOR: entries_test
 #[tokio::test]
@@ -285,6 +292,7 @@ async fn a_small_frame_of_millions_of_entries_gets_413_and_stores_nothing() {
 }
 // ANCHOR_END: entries_test
 
+// ANCHOR: hostile_more
 #[tokio::test]
 async fn bytes_that_are_not_protobuf_get_400() {
     let addr = start_server(Service::new(MemTable::new()), DEFAULT_MAX_FRAME).await;
@@ -326,7 +334,7 @@ async fn a_silent_client_does_not_block_others() {
     half.write_all(&[0, 0]).await.unwrap();
     assert_still_serving(addr).await;
 }
-// ANCHOR_END: hostile_tests
+// ANCHOR_END: hostile_more
 
 // ANCHOR: concurrent_test
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,3 +1,4 @@
+// ANCHOR: helpers
 //! TLS: who trusts whom, and what happens when trust fails.
 
 mod common;
@@ -40,6 +41,7 @@ async fn assert_still_serving(addr: SocketAddr) {
     let value = round_trip(addr, &connector(&CERTS, false)).await.unwrap();
     assert_eq!(value, Value::from("secret"));
 }
+// ANCHOR_END: helpers
 
 // ANCHOR: round_trips
 #[tokio::test]
@@ -129,6 +131,7 @@ async fn the_server_insists_on_alpn_kv() {
     assert!(res.is_err(), "{res:?}");
     assert_still_serving(addr).await;
 }
+
 #[tokio::test]
 async fn the_client_insists_on_alpn_kv_too() {
     // A TLS server like ours in every way but one: it speaks no protocol.

@@ -1,3 +1,4 @@
+// ANCHOR: args
 //! A load generator for `kvs`: C connections share N requests, half
 //! `hset`, half `hget`, and it prints the throughput and latencies.
 //!
@@ -46,6 +47,7 @@ struct Args {
     #[arg(long)]
     heavy: bool,
 }
+// ANCHOR_END: args
 
 // ANCHOR: client
 /// One connection's share of the work; returns each request's latency.
@@ -108,6 +110,7 @@ async fn run_heavy(
 }
 // ANCHOR_END: heavy
 
+// ANCHOR: main
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[index]
@@ -160,3 +163,4 @@ async fn main() -> anyhow::Result<()> {
     );
     Ok(())
 }
+// ANCHOR_END: main

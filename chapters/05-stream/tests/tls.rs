@@ -129,6 +129,7 @@ async fn the_server_insists_on_alpn_kv() {
     assert!(res.is_err(), "{res:?}");
     assert_still_serving(addr).await;
 }
+
 #[tokio::test]
 async fn the_client_insists_on_alpn_kv_too() {
     // A TLS server like ours in every way but one: it speaks no protocol.

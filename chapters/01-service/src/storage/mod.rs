@@ -7,11 +7,11 @@ pub use memory::MemTable;
 
 use crate::{KvError, Kvpair, Value};
 
+// ANCHOR: storage
 /// An iterator over the pairs of one table. Each item is a `Result`
 /// because a backend that reads from disk can fail half-way through.
 pub type StorageIter<'a> = Box<dyn Iterator<Item = Result<Kvpair, KvError>> + 'a>;
 
-// ANCHOR: storage
 /// A set of named tables, each mapping string keys to [`Value`]s.
 ///
 /// Methods take `&self`: a storage is shared by every request at once, so

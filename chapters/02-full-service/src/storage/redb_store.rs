@@ -1,3 +1,4 @@
+// ANCHOR: imports
 use std::path::Path;
 
 use prost::Message;
@@ -6,6 +7,7 @@ use redb::{
 };
 
 use crate::{KvError, Kvpair, Storage, StorageIter, TableRead, TableWrite, Value};
+// ANCHOR_END: imports
 
 // ANCHOR: layout
 /// Every table of the KV store is a redb table of the same name, from the
@@ -215,6 +217,7 @@ fn get(
 }
 // ANCHOR_END: txn_tables
 
+// ANCHOR: test_setup
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +233,7 @@ mod tests {
     }
 
     storage_conformance!(temp_store());
+    // ANCHOR_END: test_setup
 
     // ANCHOR: reopen_test
     #[test]
@@ -249,6 +253,7 @@ mod tests {
     }
     // ANCHOR_END: reopen_test
 
+    // ANCHOR: more_tests
     #[test]
     fn a_read_transaction_sees_one_snapshot() {
         let store = temp_store();
@@ -303,4 +308,5 @@ mod tests {
         let err = store.get_all("t").unwrap_err();
         assert!(matches!(err, KvError::CorruptValue { .. }), "{err}");
     }
+    // ANCHOR_END: more_tests
 }

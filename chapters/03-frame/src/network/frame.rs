@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! The frame format: how a protobuf message travels on a byte stream.
 //!
 //! ```text
@@ -21,6 +22,7 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{CommandRequest, CommandResponse, KvError};
+// ANCHOR_END: imports
 
 // ANCHOR: constants
 /// The size of the frame header.
@@ -214,6 +216,7 @@ fn count_fields(mut message: &[u8], depth: usize) -> usize {
 }
 // ANCHOR_END: decode_counted
 
+// ANCHOR: decodes_inline
 /// Whether a whole frame is small enough to decode inline (see
 /// [`INLINE_LIMIT`]).
 pub(crate) fn decodes_inline(frame: &[u8]) -> bool {
@@ -223,12 +226,15 @@ pub(crate) fn decodes_inline(frame: &[u8]) -> bool {
     let (compressed, len) = parse_header(header);
     !compressed && len <= INLINE_LIMIT
 }
+// ANCHOR_END: decodes_inline
 
+// ANCHOR: parse_header
 /// Splits a header into its compression bit and payload length.
 fn parse_header(header: &[u8]) -> (bool, usize) {
     let header = (&header[..HEADER_LEN]).get_u32();
     (header & COMPRESSED != 0, (header & !COMPRESSED) as usize)
 }
+// ANCHOR_END: parse_header
 
 // ANCHOR: read_frame
 /// Reads one whole frame from `stream` into `buf`, ready for
@@ -289,6 +295,7 @@ where
 }
 // ANCHOR_END: read_frame
 
+// ANCHOR: test_helpers
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,7 +332,9 @@ mod tests {
         encoder.write_all(data).unwrap();
         encoder.finish().unwrap()
     }
+    // ANCHOR_END: test_helpers
 
+    // ANCHOR: encode_tests
     #[test]
     fn a_small_message_is_sent_as_it_is() {
         let request = CommandRequest::new_hset("t", "k", "v");
@@ -340,7 +349,6 @@ mod tests {
         assert!(buf.is_empty());
     }
 
-    // ANCHOR: compression_tests
     #[test]
     fn a_large_compressible_message_is_compressed() {
         let request = CommandRequest::new_hset("t", "k", "abc".repeat(10_000));
@@ -363,7 +371,6 @@ mod tests {
         let decoded = CommandRequest::decode_frame(&mut buf, DEFAULT_MAX_FRAME).unwrap();
         assert_eq!(decoded, request);
     }
-    // ANCHOR_END: compression_tests
 
     #[test]
     fn encoding_appends_to_what_the_buffer_holds() {
@@ -384,6 +391,7 @@ mod tests {
             second
         );
     }
+    // ANCHOR_END: encode_tests
 
     // ANCHOR: gzip_bomb_test
     #[test]
@@ -456,6 +464,7 @@ mod tests {
     }
     // ANCHOR_END: entries_tests
 
+    // ANCHOR: decode_tests
     #[test]
     fn a_payload_of_exactly_the_limit_inflates() {
         let request = CommandRequest::new_hset("t", "k", "y".repeat(4000));
@@ -486,6 +495,7 @@ mod tests {
             "bad frame: header says 3 bytes, frame has 1"
         );
     }
+    // ANCHOR_END: decode_tests
 
     // ANCHOR: read_frame_tests
     /// The frames of `requests`, back to back.
@@ -526,7 +536,9 @@ mod tests {
             .collect();
         assert_reads(&mut DummyStream::new(wire(&requests)).trickle(1), &requests).await;
     }
+    // ANCHOR_END: read_frame_tests
 
+    // ANCHOR: read_frame_limit_tests
     #[tokio::test]
     async fn a_header_over_the_limit_is_rejected_before_any_allocation() {
         let mut stream = DummyStream::new(&u32::MAX.to_be_bytes()[..]);
@@ -561,7 +573,6 @@ mod tests {
             buf.capacity()
         );
     }
-    // ANCHOR_END: read_frame_tests
 
     #[tokio::test]
     async fn a_large_frame_leaves_no_large_buffer_behind() {
@@ -591,3 +602,4 @@ mod tests {
         );
     }
 }
+// ANCHOR_END: read_frame_limit_tests

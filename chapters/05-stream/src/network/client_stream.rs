@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! The client's end of a connection.
 
 use futures::{SinkExt, StreamExt};
@@ -5,6 +6,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::stream::ProstStream;
 use crate::{CommandRequest, CommandResponse, KvError};
+// ANCHOR_END: imports
 
 // ANCHOR: client_stream
 /// The client's end of a connection: sends a request, waits for its
@@ -39,6 +41,9 @@ where
     /// `ProstStream`'s buffer and goes out with the next call, and the
     /// answer to it is read and dropped before the next call's own.
     pub async fn execute(&mut self, request: CommandRequest) -> Result<CommandResponse, KvError> {
+        // A dropped call may have left its request unsent, in the write
+        // buffer or still being encoded: send it, or its answer never comes.
+        self.inner.flush().await?;
         while self.unanswered > 0 {
             let _stale = self.answer().await?;
         }
@@ -98,6 +103,27 @@ mod tests {
         tokio::spawn(ProstServerStream::new(server_end, service).process());
         let res = client.execute(CommandRequest::new_hget("t", "k")).await;
         assert_eq!(res.unwrap().values, [1i64.into()], "hget's own answer");
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_request_left_is_in_step_too() {
+        // A pipe of 16 bytes, and requests too large to encode inline: the
+        // first call is dropped while its request is being encoded or is
+        // only partly written.
+        let (client_end, server_end) = tokio::io::duplex(16);
+        let mut client = ProstClientStream::new(client_end);
+        let big = "x".repeat(10_000);
+        let set = CommandRequest::new_hset("t", "k", big.as_str());
+        let call = tokio::time::timeout(Duration::ZERO, client.execute(set));
+        assert!(call.await.is_err(), "the call was dropped");
+
+        let service = Service::new(MemTable::new());
+        tokio::spawn(ProstServerStream::new(server_end, service).process());
+        let get = client.execute(CommandRequest::new_hget("t", "k"));
+        let res = tokio::time::timeout(Duration::from_secs(10), get)
+            .await
+            .expect("the dropped request was sent, and answered");
+        assert_eq!(res.unwrap().values, [big.into()]);
     }
     // ANCHOR_END: cancel_test
 }

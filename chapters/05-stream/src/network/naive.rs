@@ -1,3 +1,4 @@
+// ANCHOR: naive
 //! The tempting way to write `poll_next`, and why it loses data.
 //!
 //! `read_frame` already reads a frame, so why not call it from `poll_next`?
@@ -17,7 +18,6 @@ use tokio::io::AsyncRead;
 use super::frame::read_frame;
 use crate::{CommandRequest, DEFAULT_MAX_FRAME, FrameCoder, KvError};
 
-// ANCHOR: naive
 /// A stream of requests that keeps no state between polls. Do not do this.
 pub struct NaiveStream<S> {
     stream: S,
@@ -47,6 +47,7 @@ impl<S: AsyncRead + Unpin> Stream for NaiveStream<S> {
 }
 // ANCHOR_END: naive
 
+// ANCHOR: naive_tests
 #[cfg(test)]
 mod tests {
     use futures::StreamExt;
@@ -62,7 +63,6 @@ mod tests {
         wire
     }
 
-    // ANCHOR: naive_tests
     #[tokio::test]
     async fn the_naive_stream_works_when_every_read_is_ready() {
         let requests = [
@@ -101,5 +101,5 @@ mod tests {
         let received: Vec<_> = stream.map(Result::unwrap).collect().await;
         assert_eq!(received, requests);
     }
-    // ANCHOR_END: naive_tests
 }
+// ANCHOR_END: naive_tests

@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! The server's end of one connection.
 
 use futures::{SinkExt, StreamExt, stream::FusedStream};
@@ -7,6 +8,7 @@ use tracing::debug;
 
 use super::{frame::INLINE_LIMIT, linger::linger, stream::ProstStream};
 use crate::{CommandRequest, CommandResponse, KvError, MemTable, RequestData, Service, Storage};
+// ANCHOR_END: imports
 
 // ANCHOR: server_stream
 /// The server's end of one connection: reads requests, runs them, writes
@@ -99,6 +101,7 @@ where
 }
 // ANCHOR_END: execute
 
+// ANCHOR: test_imports
 #[cfg(test)]
 mod tests {
     use std::{
@@ -108,6 +111,7 @@ mod tests {
 
     use super::*;
     use crate::{ProstClientStream, Value};
+    // ANCHOR_END: test_imports
 
     // ANCHOR: duplex_test
     #[tokio::test]

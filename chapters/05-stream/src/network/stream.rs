@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! `ProstStream`: frames on a byte stream, as a `futures` `Stream` of
 //! decoded messages and a `Sink` of messages to encode.
 
@@ -22,6 +23,7 @@ use super::frame::{
     parse_header,
 };
 use crate::KvError;
+// ANCHOR_END: imports
 
 // ANCHOR: struct
 /// Once this many encoded bytes wait in the write buffer, `poll_ready`
@@ -153,8 +155,8 @@ where
         }
         Poll::Ready(Ok(()))
     }
-    // ANCHOR_END: poll_encoding
 }
+// ANCHOR_END: poll_encoding
 
 // ANCHOR: stream
 impl<S, In, Out> Stream for ProstStream<S, In, Out>
@@ -307,6 +309,7 @@ where
 }
 // ANCHOR_END: sink
 
+// ANCHOR: test_imports
 #[cfg(test)]
 mod tests {
     use std::io::ErrorKind;
@@ -317,6 +320,7 @@ mod tests {
 
     use super::*;
     use crate::{CommandRequest, network::dummy::DummyStream};
+    // ANCHOR_END: test_imports
 
     // ANCHOR: round_trip_tests
     /// A loopback `ProstStream` that reads back the requests it sends.
@@ -482,6 +486,22 @@ mod tests {
     }
     // ANCHOR_END: lean_test
 
+    // ANCHOR: close_test
+    #[test]
+    fn only_small_uncompressed_frames_decode_inline() {
+        let mut frame = BytesMut::new();
+        CommandRequest::new_hget("t", "k")
+            .encode_frame(&mut frame)
+            .unwrap();
+        assert!(decodes_inline(&frame));
+        frame.clear();
+        // Compresses to a few bytes, but inflates to 100 kB.
+        CommandRequest::new_hset("t", "k", "v".repeat(100_000))
+            .encode_frame(&mut frame)
+            .unwrap();
+        assert!(frame.len() < INLINE_LIMIT && !decodes_inline(&frame));
+    }
+
     #[tokio::test]
     async fn close_flushes_then_shuts_down() {
         let mut stream = Loopback::new(DummyStream::new(BytesMut::new()).trickle(7));
@@ -496,7 +516,9 @@ mod tests {
             "the frame was written first"
         );
     }
+    // ANCHOR_END: close_test
 
+    // ANCHOR: unpin_test
     #[test]
     fn prost_stream_is_unpin_whatever_the_messages_and_send_with_them() {
         fn unpin<T: Unpin>() {}
@@ -509,6 +531,7 @@ mod tests {
         unpin::<ProstStream<tokio::net::TcpStream, Odd, Odd>>();
         send_sync::<ProstStream<tokio::net::TcpStream, CommandRequest, CommandRequest>>();
     }
+    // ANCHOR_END: unpin_test
 
     // ANCHOR: proptest
     proptest! {
@@ -537,5 +560,5 @@ mod tests {
             prop_assert_eq!(received, requests);
         }
     }
-    // ANCHOR_END: proptest
 }
+// ANCHOR_END: proptest

@@ -1,5 +1,3 @@
-use std::collections::HashMap;
-
 use dashmap::{DashMap, mapref::one::Ref};
 
 use crate::{KvError, Kvpair, Storage, StorageIter, TableRead, TableWrite, Value};
@@ -94,26 +92,26 @@ impl Storage for MemTable {
         table: &str,
         work: impl FnOnce(&mut dyn TableWrite) -> Result<T, KvError>,
     ) -> Result<T, KvError> {
+        // The table's entry in `tables`, held for writing: until it is
+        // dropped, no other request reads or writes this table (nor the
+        // other tables in its shard of `tables`). So no one sees half of a
+        // transaction, and two transactions never interleave.
+        let entry = self.tables.entry(table.to_owned()).or_default();
         let mut txn = MemWrite {
-            table: MemRead(self.tables.get(table)),
-            changes: HashMap::new(),
+            table: &entry,
+            undo: Vec::new(),
         };
-        // On an error, the changes are dropped unapplied.
-        let result = work(&mut txn)?;
-        if txn.changes.is_empty() {
-            return Ok(result);
+        let result = work(&mut txn);
+        if result.is_err() {
+            txn.roll_back();
         }
-        // Let go of the read lock first: creating the table takes a write
-        // lock on the same shard of `tables`.
-        drop(txn.table);
-        let target = self.table_for_write(table);
-        for (key, change) in txn.changes {
-            match change {
-                Some(value) => target.insert(key, value),
-                None => target.remove(&key).map(|(_, value)| value),
-            };
+        // A table left empty (made for this write, say) is no table.
+        let empty = entry.is_empty();
+        drop(entry);
+        if empty {
+            self.tables.remove_if(table, |_, t| t.is_empty());
         }
-        Ok(result)
+        result
     }
     // ANCHOR_END: memtable_transactions
 }
@@ -134,42 +132,47 @@ impl TableRead for MemRead<'_> {
     }
 }
 
-/// A write transaction on a [`MemTable`]. Its changes wait here (`None`
-/// for a deletion) and reach the table only once `work` succeeds, so a
-/// failure leaves nothing to undo. They reach it one key at a time: a
-/// read at that moment may see some of them and not others.
+/// A write transaction on a [`MemTable`]: it changes the table at once,
+/// and remembers what each change replaced, to put it back on an error.
 struct MemWrite<'a> {
-    table: MemRead<'a>,
-    changes: HashMap<String, Option<Value>>,
+    table: &'a DashMap<String, Value>,
+    /// Each key changed, with the value it had before (`None`: no value).
+    undo: Vec<(String, Option<Value>)>,
+}
+
+impl MemWrite<'_> {
+    /// Puts back what the transaction replaced or removed, newest first.
+    fn roll_back(self) {
+        for (key, before) in self.undo.into_iter().rev() {
+            match before {
+                Some(value) => self.table.insert(key, value),
+                None => self.table.remove(&key).map(|(_, value)| value),
+            };
+        }
+    }
 }
 
 impl TableRead for MemWrite<'_> {
     fn get(&self, key: &str) -> Result<Option<Value>, KvError> {
-        match self.changes.get(key) {
-            Some(change) => Ok(change.clone()),
-            None => self.table.get(key),
-        }
+        Ok(self.table.get(key).map(|v| v.value().clone()))
     }
 
     fn contains(&self, key: &str) -> Result<bool, KvError> {
-        match self.changes.get(key) {
-            Some(change) => Ok(change.is_some()),
-            None => self.table.contains(key),
-        }
+        Ok(self.table.contains_key(key))
     }
 }
 
 impl TableWrite for MemWrite<'_> {
     fn set(&mut self, key: String, value: Value) -> Result<Option<Value>, KvError> {
-        let previous = self.get(&key)?;
-        self.changes.insert(key, Some(value));
+        let previous = self.table.insert(key.clone(), value);
+        self.undo.push((key, previous.clone()));
         Ok(previous)
     }
 
     fn del(&mut self, key: &str) -> Result<Option<Value>, KvError> {
-        let previous = self.get(key)?;
-        if previous.is_some() {
-            self.changes.insert(key.to_owned(), None);
+        let previous = self.table.remove(key).map(|(_, value)| value);
+        if let Some(value) = &previous {
+            self.undo.push((key.to_owned(), Some(value.clone())));
         }
         Ok(previous)
     }
@@ -199,6 +202,39 @@ mod tests {
         store.del("t", "c").unwrap();
         assert_eq!(pairs.next().unwrap().unwrap(), Kvpair::new("b", "new"));
         assert!(pairs.next().is_none());
+    }
+
+    #[test]
+    fn concurrent_writes_never_report_the_same_previous_value() {
+        // Each write replaces the value before it. If two writes could
+        // interleave, both could report one value as the one they replaced.
+        let store = MemTable::new();
+        let previous: Vec<Option<Value>> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..4)
+                .map(|w| {
+                    let store = &store;
+                    s.spawn(move || {
+                        (0..500)
+                            .map(|i| {
+                                let value = Value::from(format!("{w}-{i}"));
+                                store.write("t", |t| t.set("k".into(), value)).unwrap()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let replaced: std::collections::HashSet<String> =
+            previous.iter().flatten().map(Value::to_string).collect();
+        assert_eq!(
+            replaced.len(),
+            4 * 500 - 1,
+            "every value but the last was replaced once"
+        );
     }
 
     #[test]

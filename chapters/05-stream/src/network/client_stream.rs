@@ -1,7 +1,7 @@
 // ANCHOR: imports
 //! The client's end of a connection.
 
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt, stream::FusedStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::stream::ProstStream;
@@ -56,10 +56,13 @@ where
     }
 
     /// Reads the answer to the oldest request still unanswered. The outer
-    /// `Result` fails if no answer can come; the inner one is the answer,
-    /// or the reason it could not be decoded.
+    /// `Result` fails if no answer can come: the stream has ended, or an
+    /// error ended it. The inner one is the answer, or the reason its frame
+    /// did not decode (the stream goes on).
     async fn answer(&mut self) -> Result<Result<CommandResponse, KvError>, KvError> {
         match self.inner.next().await {
+            // An error that ended the stream answers nothing: pass it on.
+            Some(Err(err)) if self.inner.is_terminated() => Err(err),
             Some(answer) => {
                 self.unanswered -= 1;
                 Ok(answer)
@@ -124,6 +127,25 @@ mod tests {
             .await
             .expect("the dropped request was sent, and answered");
         assert_eq!(res.unwrap().values, [big.into()]);
+    }
+
+    #[tokio::test]
+    async fn an_error_that_ends_the_stream_is_reported_not_dropped() {
+        let (client_end, mut server_end) = tokio::io::duplex(64 * 1024);
+        let mut client = ProstClientStream::new(client_end);
+        let call = client.execute(CommandRequest::new_hget("t", "k"));
+        assert!(tokio::time::timeout(Duration::ZERO, call).await.is_err());
+
+        // The "server" answers with a header no frame limit allows. The next
+        // call reads it while it looks for the dropped call's answer.
+        tokio::io::AsyncWriteExt::write_all(&mut server_end, &[0x7f, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let err = client
+            .execute(CommandRequest::new_hget("t", "k"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, KvError::FrameTooLarge { .. }), "{err}");
     }
     // ANCHOR_END: cancel_test
 }

@@ -62,8 +62,8 @@ pub const INLINE_LIMIT: usize = 4 * 1024;
 // ANCHOR: max_entries
 /// The most entries a message may hold, for a frame limit of `max_frame`
 /// bytes. Entries then cost at most `max_frame` bytes once decoded, on top
-/// of the payload's own bytes: a message never holds more than twice the
-/// frame limit in memory, however small its frame was.
+/// of the payload's own bytes: a decoded message never holds more than
+/// twice the frame limit, however small its frame was.
 pub fn max_entries(max_frame: usize) -> usize {
     max_frame / ENTRY_COST
 }

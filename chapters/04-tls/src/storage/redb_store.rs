@@ -2,7 +2,8 @@ use std::path::Path;
 
 use prost::Message;
 use redb::{
-    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition, TableError,
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, TableError,
 };
 
 use crate::{KvError, Kvpair, Storage, StorageIter, TableRead, TableWrite, Value};
@@ -84,9 +85,7 @@ impl Storage for RedbStore {
     }
 
     fn del(&self, table: &str, key: &str) -> Result<Option<Value>, KvError> {
-        // Check first, so that deleting from a missing table does not
-        // create it. Tables are never dropped, so it cannot vanish between
-        // this check and the write below.
+        // Check first: deleting from a missing table needs no commit.
         if self.read_table(table)?.is_none() {
             return Ok(None);
         }
@@ -134,7 +133,7 @@ impl Storage for RedbStore {
         work: impl FnOnce(&mut dyn TableWrite) -> Result<T, KvError>,
     ) -> Result<T, KvError> {
         let txn = self.db.begin_write()?;
-        let result = {
+        let (result, empty) = {
             // Opening a table in a write transaction creates it.
             let mut t = RedbWrite {
                 name: table,
@@ -142,8 +141,14 @@ impl Storage for RedbStore {
             };
             // On an error, `txn` is dropped uncommitted, which aborts it:
             // none of the changes, not even the new table, are kept.
-            work(&mut t)?
+            let result = work(&mut t)?;
+            (result, t.table.is_empty()?)
         };
+        // A missing table reads as empty, so an empty one is dropped: a
+        // delete from a table that did not exist leaves none behind.
+        if empty {
+            txn.delete_table(definition(table)?)?;
+        }
         txn.commit()?;
         Ok(result)
     }
@@ -285,7 +290,17 @@ mod tests {
         store.contains("ghost", "k").unwrap();
         store.del("ghost", "k").unwrap();
         store.get_all("ghost").unwrap();
-        assert!(store.read_table("ghost").unwrap().is_none());
+        store.write("ghost", |t| t.del("k")).unwrap();
+        let failed = store.write("ghost", |t| {
+            t.set("k".into(), 1i64.into())?;
+            Err::<(), _>(KvError::Internal("stop".into()))
+        });
+        assert!(failed.is_err());
+        store.set("emptied", "k".into(), 1i64.into()).unwrap();
+        store.del("emptied", "k").unwrap();
+        for table in ["ghost", "emptied"] {
+            assert!(store.read_table(table).unwrap().is_none(), "{table}");
+        }
     }
 
     #[test]

@@ -238,6 +238,31 @@ mod tests {
     }
 
     #[test]
+    fn a_read_never_sees_half_of_a_write() {
+        // Each write sets both keys to the same number; a read of both
+        // must never find them apart.
+        let store = MemTable::new();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..2000i64 {
+                    store
+                        .write("t", |t| {
+                            t.set("a".into(), i.into())?;
+                            t.set("b".into(), i.into())
+                        })
+                        .unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (a, b) = store.read("t", |t| Ok((t.get("a")?, t.get("b")?))).unwrap();
+                assert_eq!(a, b);
+            }
+        });
+    }
+
+    #[test]
     fn reading_a_missing_table_does_not_create_it() {
         let store = MemTable::new();
         store.get("ghost", "k").unwrap();

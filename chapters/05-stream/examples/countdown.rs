@@ -1,3 +1,4 @@
+// ANCHOR: header
 //! `Stream`, the async `Iterator`: one written by hand, and what
 //! `StreamExt` builds on it.
 //!
@@ -11,6 +12,7 @@ use std::{
 
 use futures::{Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
+// ANCHOR_END: header
 
 // ANCHOR: countdown
 /// Yields `n`, `n - 1`, ..., 1, one number every `period`.

@@ -1,3 +1,4 @@
+// ANCHOR: header
 //! Wrapping an `AsyncRead`: the wrapper must pass its own `Pin` on to the
 //! reader inside, which is called pin projection.
 //!
@@ -11,6 +12,7 @@ use std::{
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+// ANCHOR_END: header
 
 // ANCHOR: counting_reader
 pin_project! {
@@ -41,6 +43,7 @@ impl<R: AsyncRead> AsyncRead for CountingReader<R> {
 }
 // ANCHOR_END: counting_reader
 
+// ANCHOR: main
 #[tokio::main]
 async fn main() -> io::Result<()> {
     let text: &[u8] = b"a reader of bytes, read through a wrapper that counts them";
@@ -54,3 +57,4 @@ async fn main() -> io::Result<()> {
     println!("counted {} bytes", reader.count);
     Ok(())
 }
+// ANCHOR_END: main

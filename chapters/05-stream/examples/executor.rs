@@ -1,3 +1,4 @@
+// ANCHOR: header
 //! A future written by hand, and a tiny executor that runs it.
 //!
 //! cargo run --example executor
@@ -10,6 +11,7 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+// ANCHOR_END: header
 
 // ANCHOR: delay
 /// A future that completes once `deadline` has passed.

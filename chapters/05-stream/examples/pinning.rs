@@ -1,3 +1,4 @@
+// ANCHOR: header
 //! Why some futures must not move, and how `Pin` keeps them in place.
 //!
 //! cargo run --example pinning
@@ -7,6 +8,7 @@ use std::{
     pin::{Pin, pin},
     task::{Context, Poll, Waker},
 };
+// ANCHOR_END: header
 
 // ANCHOR: yield_once
 /// A future that is `Pending` once, then ready: a pause in an async fn.

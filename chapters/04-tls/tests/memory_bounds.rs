@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! What one request can make the server hold, measured with an allocator
 //! that counts: however a request is shaped or compressed, decoding it and
 //! building its answer stay within a small multiple of the frame limit.
@@ -15,6 +16,7 @@ use bytes::{BufMut, BytesMut};
 use flate2::{Compression, write::GzEncoder};
 use kv::{CommandRequest, FrameCoder, Kvpair, MemTable, Service, Value, max_entries};
 use prost::Message;
+// ANCHOR_END: imports
 
 // ANCHOR: allocator
 /// The system allocator, counting the bytes in use and their peak.
@@ -58,6 +60,7 @@ fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
 }
 // ANCHOR_END: allocator
 
+// ANCHOR: decode_setup
 const MAX_FRAME: usize = 1 << 20;
 
 fn frame_of(payload: &[u8], compress: bool) -> BytesMut {
@@ -108,6 +111,7 @@ fn one_request_holds_a_small_multiple_of_the_frame_limit() {
             CommandRequest::new_hset("t", "k", "x".repeat(MAX_FRAME - 100)),
         ),
     ];
+    // ANCHOR_END: decode_setup
 
     // ANCHOR: decode_bound
     for (shape, request) in &requests {
@@ -122,7 +126,6 @@ fn one_request_holds_a_small_multiple_of_the_frame_limit() {
             assert!(peak <= 3 * MAX_FRAME, "{shape}: {peak} bytes");
         }
     }
-    // ANCHOR_END: decode_bound
 
     // One entry more, and the request is refused before it is decoded.
     let too_many = CommandRequest::new_hmget("t", vec![""; entries + 1]);
@@ -131,6 +134,7 @@ fn one_request_holds_a_small_multiple_of_the_frame_limit() {
     assert_eq!(result.unwrap_err().status(), 413);
     assert!(peak <= 3 * MAX_FRAME, "refusing: {peak} bytes");
 }
+// ANCHOR_END: decode_bound
 
 // ANCHOR: answer_bound
 #[test]

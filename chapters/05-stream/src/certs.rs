@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! Development certificates: a CA of our own, and a server and a client
 //! certificate it signed. Good for a laptop and for tests; a real
 //! deployment gets its certificates from a real CA.
@@ -14,6 +15,7 @@ use rcgen::{
 };
 
 use crate::KvError;
+// ANCHOR_END: imports
 
 // ANCHOR: dev_certs
 /// A CA certificate, and a certificate and key for a server and a client,
@@ -137,6 +139,7 @@ impl DevCertPaths {
 }
 // ANCHOR_END: paths
 
+// ANCHOR: tests
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,3 +166,4 @@ mod tests {
         }
     }
 }
+// ANCHOR_END: tests

@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! TLS for both ends of a connection, on tokio-rustls with the `ring`
 //! crypto provider.
 
@@ -16,6 +17,7 @@ use tokio_rustls::{
 };
 
 use crate::KvError;
+// ANCHOR_END: imports
 
 // ANCHOR: constants
 /// The ALPN name of our protocol. The client offers it and the server

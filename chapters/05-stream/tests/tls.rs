@@ -1,3 +1,4 @@
+// ANCHOR: helpers
 //! TLS: who trusts whom, and what happens when trust fails.
 
 mod common;
@@ -40,6 +41,7 @@ async fn assert_still_serving(addr: SocketAddr) {
     let value = round_trip(addr, &connector(&CERTS, false)).await.unwrap();
     assert_eq!(value, Value::from("secret"));
 }
+// ANCHOR_END: helpers
 
 // ANCHOR: round_trips
 #[tokio::test]

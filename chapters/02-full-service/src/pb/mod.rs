@@ -7,12 +7,14 @@ use bytes::Bytes;
 
 use crate::KvError;
 
+// ANCHOR: abi
 /// The code prost-build generated at build time (see `build.rs`).
 pub mod abi {
     include!(concat!(env!("OUT_DIR"), "/abi.rs"));
 }
 
 use abi::{command_request::RequestData, *};
+// ANCHOR_END: abi
 
 // ANCHOR: constructors
 impl CommandRequest {
@@ -123,6 +125,7 @@ request_from_command!(
 );
 // ANCHOR_END: request_from
 
+// ANCHOR: kvpair_new
 impl Kvpair {
     pub fn new(key: impl Into<String>, value: impl Into<Value>) -> Self {
         Self {
@@ -131,6 +134,7 @@ impl Kvpair {
         }
     }
 }
+// ANCHOR_END: kvpair_new
 
 // ANCHOR: value_from
 impl From<value::Value> for Value {
@@ -188,6 +192,7 @@ impl From<&[u8]> for Value {
 }
 // ANCHOR_END: value_from
 
+// ANCHOR: value_is_empty
 impl Value {
     /// True when the value holds nothing: the answer for "no such key"
     /// where a command answers one value per key.
@@ -195,6 +200,7 @@ impl Value {
         self.value.is_none()
     }
 }
+// ANCHOR_END: value_is_empty
 
 /// Shows a value the way a command-line client would print it.
 impl fmt::Display for Value {

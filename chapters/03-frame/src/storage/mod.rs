@@ -10,7 +10,6 @@ pub use redb_store::RedbStore;
 
 use crate::{KvError, Kvpair, Value};
 
-// ANCHOR: table_traits
 /// One table, as a read transaction sees it: see [`Storage::read`].
 pub trait TableRead {
     /// The value of `key`, if there is one.
@@ -29,7 +28,6 @@ pub trait TableWrite: TableRead {
     /// Removes `key` and returns the value it had.
     fn del(&mut self, key: &str) -> Result<Option<Value>, KvError>;
 }
-// ANCHOR_END: table_traits
 
 /// An iterator over the pairs of one table. Each item is a `Result`
 /// because a backend that reads from disk can fail half-way through.
@@ -71,7 +69,6 @@ pub trait Storage: Send + Sync {
         self.iter(table)?.collect()
     }
 
-    // ANCHOR: transactions
     /// Runs `work` on `table` in one read transaction, for a command that
     /// reads several keys. A backend with snapshots (redb) shows `work`
     /// the table as it was at one moment.
@@ -92,7 +89,6 @@ pub trait Storage: Send + Sync {
     ) -> Result<T, KvError>
     where
         Self: Sized;
-    // ANCHOR_END: transactions
 }
 // ANCHOR_END: storage
 
@@ -171,7 +167,6 @@ pub(crate) mod conformance {
         }
     }
 
-    // ANCHOR: transaction_tests
     pub fn a_write_sees_its_own_changes(store: &impl Storage) {
         store.set("t", "k".into(), 1i64.into()).unwrap();
         let seen = store
@@ -217,10 +212,8 @@ pub(crate) mod conformance {
         let missing = store.read("nowhere", |t| t.get("a")).unwrap();
         assert_eq!(missing, None);
     }
-    // ANCHOR_END: transaction_tests
 
     // ANCHOR: conformance_macro
-    // ANCHOR: no_collisions
     pub fn names_never_collide(store: &impl Storage) {
         // Each (table, key) below would collide with another if the store
         // joined table and key into one string, with or without a separator.
@@ -242,7 +235,6 @@ pub(crate) mod conformance {
         assert_eq!(store.get_all("a").unwrap().len(), 3);
         assert_eq!(store.get_all("ab").unwrap(), [Kvpair::new("c", 2i64)]);
     }
-    // ANCHOR_END: no_collisions
 
     /// Expands to one `#[test]` per conformance test, each given a fresh
     /// storage made by `$make`.

@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! kvc: a command-line client for kvs, in the style of redis-cli.
 //!
 //! kvc hset fruit apple int:3
@@ -10,13 +11,14 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use kv::{CommandRequest, CommandResponse, Kvpair, ProstClientStream, TlsClientConnector, Value};
 use tokio::net::TcpStream;
+// ANCHOR_END: imports
 
+// ANCHOR: args
 const VALUES_HELP: &str = "\
 VALUES:
   A value is a string unless it starts with a type:
     int:42  float:2.5  bool:true  bytes:68656c6c6f (hex)  str:int:42 (the string \"int:42\")";
 
-// ANCHOR: args
 /// A command-line client for the KV server.
 #[derive(Parser)]
 #[command(version, after_help = VALUES_HELP)]
@@ -134,6 +136,7 @@ fn parse_hex(hex: &str) -> Result<Vec<u8>, String> {
 }
 // ANCHOR_END: parse_value
 
+// ANCHOR: shape
 /// How to print a successful response.
 #[derive(Debug, PartialEq)]
 enum Shape {
@@ -172,6 +175,7 @@ impl Command {
         Ok(request)
     }
 }
+// ANCHOR_END: shape
 
 // ANCHOR: format
 /// The text to print for a successful response.
@@ -239,6 +243,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 // ANCHOR_END: main
 
+// ANCHOR: tests
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,3 +305,4 @@ mod tests {
         Args::command().debug_assert();
     }
 }
+// ANCHOR_END: tests

@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! The client's end of a connection.
 
 use bytes::BytesMut;
@@ -5,6 +6,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{DEFAULT_MAX_FRAME, FrameCoder, read_frame};
 use crate::{CommandRequest, CommandResponse, KvError};
+// ANCHOR_END: imports
 
 // ANCHOR: client_stream
 /// The client's end of a connection: sends a request, waits for its
@@ -73,6 +75,7 @@ where
 }
 // ANCHOR_END: client_stream
 
+// ANCHOR: cancel_test
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -80,7 +83,6 @@ mod tests {
     use super::*;
     use crate::{MemTable, ProstServerStream, Service};
 
-    // ANCHOR: cancel_test
     #[tokio::test]
     async fn after_a_dropped_call_every_call_fails_rather_than_lie() {
         let (client_end, server_end) = tokio::io::duplex(64 * 1024);
@@ -102,5 +104,5 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("out of step"), "{err}");
     }
-    // ANCHOR_END: cancel_test
 }
+// ANCHOR_END: cancel_test

@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! In-memory streams for tests.
 
 use std::{
@@ -8,6 +9,7 @@ use std::{
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, ReadBuf};
+// ANCHOR_END: imports
 
 // ANCHOR: dummy_stream
 /// An `AsyncRead` that serves fixed bytes from memory.

@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! The server's end of one connection.
 
 use bytes::BytesMut;
@@ -10,6 +11,7 @@ use super::{
     linger::linger,
 };
 use crate::{CommandRequest, KvError, MemTable, RequestData, Service, Storage};
+// ANCHOR_END: imports
 
 // ANCHOR: server_stream
 /// The server's end of one connection: reads requests, runs them, writes
@@ -129,6 +131,7 @@ where
 }
 // ANCHOR_END: respond
 
+// ANCHOR: test_imports
 #[cfg(test)]
 mod tests {
     use std::{
@@ -138,6 +141,7 @@ mod tests {
 
     use super::*;
     use crate::{CommandResponse, ProstClientStream, Value};
+    // ANCHOR_END: test_imports
 
     // ANCHOR: duplex_test
     #[tokio::test]
@@ -212,6 +216,7 @@ mod tests {
     }
     // ANCHOR_END: hooks_test
 
+    // ANCHOR: inline_tests
     #[test]
     fn only_small_requests_other_than_hgetall_run_inline() {
         assert!(runs_inline(&CommandRequest::new_hget("t", "k")));
@@ -235,3 +240,4 @@ mod tests {
         assert!(frame.len() < INLINE_LIMIT && !decodes_inline(&frame));
     }
 }
+// ANCHOR_END: inline_tests

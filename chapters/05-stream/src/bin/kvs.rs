@@ -1,3 +1,4 @@
+// ANCHOR: imports
 //! kvs: the KV server.
 //!
 //! Logs go to stderr (set the level with RUST_LOG, e.g. RUST_LOG=debug).
@@ -21,6 +22,7 @@ use kv::{
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 use tracing_subscriber::EnvFilter;
+// ANCHOR_END: imports
 
 // ANCHOR: args
 /// The KV server.

@@ -81,6 +81,7 @@ where
 }
 // ANCHOR_END: client_stream
 
+// ANCHOR: cancel_test
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -88,7 +89,6 @@ mod tests {
     use super::*;
     use crate::{MemTable, ProstServerStream, Service};
 
-    // ANCHOR: cancel_test
     #[tokio::test]
     async fn a_dropped_call_leaves_the_connection_in_step() {
         let (client_end, server_end) = tokio::io::duplex(64 * 1024);
@@ -147,5 +147,5 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, KvError::FrameTooLarge { .. }), "{err}");
     }
-    // ANCHOR_END: cancel_test
 }
+// ANCHOR_END: cancel_test

@@ -1,3 +1,4 @@
+// ANCHOR: linger
 //! A close that does not destroy the last answer.
 
 use std::time::Duration;
@@ -7,7 +8,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// How long `linger` goes on reading.
 const LINGER: Duration = Duration::from_secs(2);
 
-// ANCHOR: linger
 /// Stops writing, then reads and drops what the peer still sends, for a
 /// moment. Closing a socket while received data is unread makes the
 /// kernel reset the connection, and the reset can destroy the answer we

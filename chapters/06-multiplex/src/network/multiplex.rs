@@ -1,0 +1,340 @@
+// ANCHOR: imports
+//! Many streams over one connection: yamux runs between TLS and the frames.
+//!
+//! yamux is written against the `futures` IO traits and tokio has its own,
+//! so `tokio-util`'s compat layer converts in both directions: the TLS
+//! stream goes into yamux with `.compat()`, and each yamux stream comes out
+//! with `.compat()` again, ready for `ProstStream`.
+
+use std::{
+    future::poll_fn,
+    io,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll, ready},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
+};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tracing::debug;
+use yamux::{Connection, ConnectionError, Mode};
+
+use crate::{CommandRequest, CommandResponse, KvError, ProstClientStream};
+// ANCHOR_END: imports
+
+// ANCHOR: config
+/// How many streams a connection may have open at once, unless told
+/// otherwise. HTTP/2 suggests no fewer than 100.
+pub const DEFAULT_MAX_STREAMS: usize = 100;
+
+/// The receive window that yamux gives each stream when it opens: 256 KiB,
+/// as the yamux specification says. A peer may send that much on a stream
+/// before it must wait for us to read.
+pub const STREAM_WINDOW: usize = yamux::DEFAULT_CREDIT as usize;
+
+/// How many bytes all the streams of a connection may have received but
+/// not yet read, together, unless told otherwise: 64 MiB.
+pub const DEFAULT_CONNECTION_WINDOW: usize = 64 << 20;
+
+// The defaults must pass the check in `yamux_config`; the compiler checks.
+const _: () = assert!(DEFAULT_CONNECTION_WINDOW >= 2 * DEFAULT_MAX_STREAMS * STREAM_WINDOW);
+
+/// yamux's settings for a connection that serves up to `max_streams`
+/// streams at once.
+///
+/// yamux ends the whole connection when the peer opens one stream more
+/// than yamux's own limit allows. So yamux's limit is twice ours: a stream
+/// past our limit but within yamux's gets a clear refusal, and the
+/// connection goes on. yamux wants a window of at least [`STREAM_WINDOW`]
+/// for each of its streams, and panics otherwise: this is checked first.
+pub(crate) fn yamux_config(
+    max_streams: usize,
+    connection_window: usize,
+) -> Result<yamux::Config, KvError> {
+    let yamux_streams = max_streams.saturating_mul(2);
+    let least = yamux_streams.saturating_mul(STREAM_WINDOW);
+    if max_streams == 0 {
+        return Err(KvError::Config(
+            "a connection needs at least one stream".into(),
+        ));
+    }
+    if connection_window < least {
+        return Err(KvError::Config(format!(
+            "a connection window of {connection_window} bytes is too small for \
+             {max_streams} streams: it needs at least {least} (256 KiB per stream, \
+             for twice as many streams, the ones refused included)"
+        )));
+    }
+    let mut config = yamux::Config::default();
+    // Each setter checks the two values against each other: lift the
+    // window's limit first, then set both.
+    config
+        .set_max_connection_receive_window(None)
+        .set_max_num_streams(yamux_streams)
+        .set_max_connection_receive_window(Some(connection_window));
+    Ok(config)
+}
+// ANCHOR_END: config
+
+// ANCHOR: mux_stream
+/// One yamux stream, with tokio's IO traits, holding its place among the
+/// streams that its connection may have open.
+pub struct MuxStream {
+    // Fields are dropped in order: the place is given back before the
+    // stream closes, so it is free by the time the peer sees the end.
+    _permit: OwnedSemaphorePermit,
+    io: Compat<yamux::Stream>,
+    /// On a client, the connection: it runs while a stream needs it.
+    _client: Option<Client>,
+}
+
+impl MuxStream {
+    pub(crate) fn new(
+        stream: yamux::Stream,
+        permit: OwnedSemaphorePermit,
+        client: Option<Client>,
+    ) -> Self {
+        Self {
+            _permit: permit,
+            io: stream.compat(),
+            _client: client,
+        }
+    }
+}
+
+// `Compat<yamux::Stream>` is `Unpin`, so `Pin::new` reaches it; each
+// method hands the call on.
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+        // yamux ends every stream of a failed connection as if the peer
+        // had closed it. Say why instead, where we know.
+        let at_end = buf.filled().len() == before && buf.remaining() > 0;
+        let failure = self
+            ._client
+            .as_ref()
+            .and_then(|client| client.failure.get());
+        match failure {
+            Some(reason) if at_end => Poll::Ready(Err(io::Error::other(format!(
+                "the connection failed: {reason}"
+            )))),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+// ANCHOR_END: mux_stream
+
+// ANCHOR: client
+/// Asks the driver task for a new stream; the answer comes back on it.
+type OpenRequest = oneshot::Sender<Result<yamux::Stream, ConnectionError>>;
+
+/// The client's end of a multiplexed connection. Clones share the
+/// connection, and any task may use one: each request, or each run of
+/// requests, gets a stream of its own, and they all go over one TLS
+/// connection.
+///
+/// A task of its own drives the connection. It ends, closing the
+/// connection, once every clone and every stream is gone; or when the
+/// connection fails, and then every open stream ends with an error.
+#[derive(Clone)]
+pub struct Client {
+    opener: mpsc::Sender<OpenRequest>,
+    streams: Arc<Semaphore>,
+    /// Changes never; ends when the driver task has closed the connection.
+    closed: watch::Receiver<()>,
+    /// Why the connection failed, once it has.
+    failure: Arc<OnceLock<String>>,
+}
+
+impl Client {
+    /// Starts yamux on `io` (a TLS stream, say) and the task that drives
+    /// it. Must be called inside a tokio runtime.
+    pub fn new<S>(io: S) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = yamux_config(DEFAULT_MAX_STREAMS, DEFAULT_CONNECTION_WINDOW)
+            .expect("the defaults pass: checked at compile time");
+        let failure = Arc::new(OnceLock::new());
+        let io = Recorded {
+            io,
+            failure: Arc::clone(&failure),
+        };
+        let connection = Connection::new(io.compat(), config, Mode::Client);
+        let (opener, requests) = mpsc::channel(1);
+        let (done, closed) = watch::channel(());
+        tokio::spawn(drive(connection, requests, done));
+        Self {
+            opener,
+            streams: Arc::new(Semaphore::new(DEFAULT_MAX_STREAMS)),
+            closed,
+            failure,
+        }
+    }
+
+    /// Opens a stream: a byte stream of its own, to carry frames exactly as
+    /// a TCP connection did. Waits while [`DEFAULT_MAX_STREAMS`] streams of
+    /// this connection are open: yamux would end the connection if we
+    /// opened too many.
+    pub async fn open(&self) -> Result<MuxStream, KvError> {
+        let closed = || match self.failure.get() {
+            Some(reason) => KvError::Connection(format!("the connection failed: {reason}")),
+            None => KvError::Connection("the connection is closed".into()),
+        };
+        let permit = Arc::clone(&self.streams)
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let (reply, answer) = oneshot::channel();
+        self.opener.send(reply).await.map_err(|_| closed())?;
+        let stream = answer.await.map_err(|_| closed())??;
+        Ok(MuxStream::new(stream, permit, Some(self.clone())))
+    }
+
+    /// Sends one request on a stream of its own, and returns the answer.
+    pub async fn execute(&self, request: CommandRequest) -> Result<CommandResponse, KvError> {
+        let mut stream = ProstClientStream::new(self.open().await?);
+        let response = stream.execute(request).await?;
+        // The server's end of the stream can now end cleanly.
+        stream.close().await?;
+        Ok(response)
+    }
+
+    /// Lets go of this handle, and waits until the connection is closed
+    /// (TLS included). That is at once if this was the last handle, and
+    /// when the others and their streams are gone otherwise.
+    pub async fn close(self) {
+        let mut closed = self.closed.clone();
+        drop(self);
+        // Only an error can come: when the driver drops its sender.
+        let _ = closed.changed().await;
+    }
+}
+
+/// Drives a client's connection: opens the streams asked for, and moves
+/// the data of every stream, until no one can ask for a stream any more
+/// or the connection fails.
+async fn drive<S>(
+    mut connection: Connection<S>,
+    mut requests: mpsc::Receiver<OpenRequest>,
+    _done: watch::Sender<()>,
+) where
+    S: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    let mut waiting: Option<OpenRequest> = None;
+    let result = poll_fn(|cx| {
+        loop {
+            // All of yamux's reading and writing happens in this call.
+            match connection.poll_next_inbound(cx) {
+                // Our server opens no streams: refuse any that comes.
+                Poll::Ready(Some(Ok(stream))) => drop(stream),
+                Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(err)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => {}
+            }
+            if waiting.is_none() {
+                match requests.poll_recv(cx) {
+                    Poll::Ready(Some(reply)) => waiting = Some(reply),
+                    // Every `Client` and every stream is gone.
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // Pending while too many new streams wait for the server to
+            // acknowledge them.
+            let stream = ready!(connection.poll_new_outbound(cx));
+            if let Some(reply) = waiting.take() {
+                // The caller may have given up waiting; then the stream
+                // is dropped, which closes it.
+                let _ = reply.send(stream);
+            }
+        }
+    })
+    .await;
+    match result {
+        Ok(()) => debug!("client connection done"),
+        Err(err) => debug!(%err, "client connection failed"),
+    }
+    // Says goodbye to the server and closes TLS; at once if the
+    // connection has already ended.
+    let _ = poll_fn(|cx| connection.poll_close(cx)).await;
+}
+// ANCHOR_END: client
+
+// ANCHOR: recorded
+/// The client's connection, remembering its first error. The error is
+/// kept before yamux sees it, and so before yamux ends the streams: a
+/// stream that sees its end can always tell why.
+struct Recorded<S> {
+    io: S,
+    failure: Arc<OnceLock<String>>,
+}
+
+impl<S> Recorded<S> {
+    fn record<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(err) = &result {
+            // Only the first error counts; a later one is its consequence.
+            let _ = self.failure.set(err.to_string());
+        }
+        result
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let result = ready!(Pin::new(&mut self.io).poll_read(cx, buf));
+        Poll::Ready(self.record(result))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = ready!(Pin::new(&mut self.io).poll_write(cx, buf));
+        Poll::Ready(self.record(result))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = ready!(Pin::new(&mut self.io).poll_flush(cx));
+        Poll::Ready(self.record(result))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        Poll::Ready(self.record(result))
+    }
+}
+// ANCHOR_END: recorded

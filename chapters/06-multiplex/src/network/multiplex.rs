@@ -88,7 +88,7 @@ pub struct MuxStream {
     _permit: OwnedSemaphorePermit,
     io: Compat<yamux::Stream>,
     /// On a client, the connection: it runs while a stream needs it.
-    _client: Option<Client>,
+    client: Option<Client>,
 }
 
 impl MuxStream {
@@ -100,13 +100,21 @@ impl MuxStream {
         Self {
             _permit: permit,
             io: stream.compat(),
-            _client: client,
+            client,
         }
+    }
+
+    /// Why the client's connection failed, if it has. yamux ends every
+    /// stream of a failed connection as if the peer had closed it; a
+    /// stream says why instead, where it can.
+    fn failure(&self) -> Option<io::Error> {
+        let reason = self.client.as_ref()?.failure.get()?;
+        Some(io::Error::other(format!("the connection failed: {reason}")))
     }
 }
 
-// `Compat<yamux::Stream>` is `Unpin`, so `Pin::new` reaches it; each
-// method hands the call on.
+// `Compat<yamux::Stream>` is `Unpin`, so `Pin::new` reaches it. Each
+// method hands the call on, and explains a failed connection.
 impl AsyncRead for MuxStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -114,19 +122,11 @@ impl AsyncRead for MuxStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
-        // yamux ends every stream of a failed connection as if the peer
-        // had closed it. Say why instead, where we know.
+        let result = ready!(Pin::new(&mut self.io).poll_read(cx, buf));
         let at_end = buf.filled().len() == before && buf.remaining() > 0;
-        let failure = self
-            ._client
-            .as_ref()
-            .and_then(|client| client.failure.get());
-        match failure {
-            Some(reason) if at_end => Poll::Ready(Err(io::Error::other(format!(
-                "the connection failed: {reason}"
-            )))),
-            _ => Poll::Ready(Ok(())),
+        match self.failure() {
+            Some(err) if result.is_err() || at_end => Poll::Ready(Err(err)),
+            _ => Poll::Ready(result),
         }
     }
 }
@@ -137,15 +137,18 @@ impl AsyncWrite for MuxStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let result = ready!(Pin::new(&mut self.io).poll_write(cx, buf));
+        Poll::Ready(result.map_err(|err| self.failure().unwrap_or(err)))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let result = ready!(Pin::new(&mut self.io).poll_flush(cx));
+        Poll::Ready(result.map_err(|err| self.failure().unwrap_or(err)))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let result = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        Poll::Ready(result.map_err(|err| self.failure().unwrap_or(err)))
     }
 }
 // ANCHOR_END: mux_stream

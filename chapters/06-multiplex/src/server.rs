@@ -3,7 +3,7 @@
 use std::{future::poll_fn, sync::Arc, time::Duration};
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, BufWriter},
     net::TcpListener,
     sync::Semaphore,
     task::JoinSet,
@@ -85,6 +85,11 @@ where
             }
         };
         info!(%peer, "client connected");
+        // yamux writes small frames (window updates, a header before its
+        // data): sent at once, not held back by Nagle's algorithm.
+        if let Err(err) = stream.set_nodelay(true) {
+            warn!(%peer, %err, "cannot set TCP_NODELAY");
+        }
         let (service, config) = (service.clone(), Arc::clone(&config));
         tokio::spawn(async move {
             // The handshake runs here, in the connection's own task, so a
@@ -116,7 +121,11 @@ where
     Store: Storage + 'static,
 {
     let yamux = yamux_config(config.max_streams, config.connection_window)?;
-    let mut connection = Connection::new(io.compat(), yamux, Mode::Server);
+    // yamux writes a frame's header and its body separately. On TLS, each
+    // write would be a record and a system call of its own: the buffer
+    // makes them one.
+    let io = BufWriter::new(io).compat();
+    let mut connection = Connection::new(io, yamux, Mode::Server);
     let places = Arc::new(Semaphore::new(config.max_streams));
     let mut tasks = JoinSet::new();
     // This loop is the connection's driver: every stream's data moves

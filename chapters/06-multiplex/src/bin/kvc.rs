@@ -222,6 +222,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stream = TcpStream::connect(&args.addr)
         .await
         .with_context(|| format!("cannot connect to {}", args.addr))?;
+    // Small yamux frames go out at once (see `serve`).
+    stream.set_nodelay(true)?;
     let stream = tls
         .connect(stream)
         .await

@@ -15,7 +15,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
 };
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
@@ -185,8 +185,9 @@ impl Client {
         let config = yamux_config(DEFAULT_MAX_STREAMS, DEFAULT_CONNECTION_WINDOW)
             .expect("the defaults pass: checked at compile time");
         let failure = Arc::new(OnceLock::new());
+        // One write per frame, not two: see `serve_connection`.
         let io = Recorded {
-            io,
+            io: BufWriter::new(io),
             failure: Arc::clone(&failure),
         };
         let connection = Connection::new(io.compat(), config, Mode::Client);

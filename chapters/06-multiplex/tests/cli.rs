@@ -143,6 +143,29 @@ fn kvc_explains_an_unreachable_server() {
     );
 }
 
+// ANCHOR: bad_limits
+#[test]
+fn kvs_refuses_limits_that_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kvs"))
+        .args(["--addr", "127.0.0.1:0", "--max-streams", "100"])
+        .args(["--connection-window", "1000000"])
+        .current_dir(dir.path())
+        .output()
+        .expect("kvs runs");
+    assert!(!output.status.success());
+    assert!(stdout(&output).is_empty(), "it never listened");
+    assert!(
+        stderr(&output).contains(
+            "invalid configuration: a connection window of 1000000 bytes is too small \
+             for 100 streams: it needs at least 52428800"
+        ),
+        "{}",
+        stderr(&output)
+    );
+}
+// ANCHOR_END: bad_limits
+
 #[test]
 fn kvc_rejects_a_badly_typed_value_before_connecting() {
     let output = kvc(

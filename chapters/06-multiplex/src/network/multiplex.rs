@@ -54,13 +54,17 @@ pub(crate) fn yamux_config(
     max_streams: usize,
     connection_window: usize,
 ) -> Result<yamux::Config, KvError> {
-    let yamux_streams = max_streams.saturating_mul(2);
-    let least = yamux_streams.saturating_mul(STREAM_WINDOW);
     if max_streams == 0 {
         return Err(KvError::Config(
             "a connection needs at least one stream".into(),
         ));
     }
+    let yamux_streams = max_streams.saturating_mul(2);
+    let Some(least) = yamux_streams.checked_mul(STREAM_WINDOW) else {
+        return Err(KvError::Config(format!(
+            "{max_streams} streams per connection are more than memory can hold"
+        )));
+    };
     if connection_window < least {
         return Err(KvError::Config(format!(
             "a connection window of {connection_window} bytes is too small for \
@@ -342,3 +346,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
     }
 }
 // ANCHOR_END: recorded
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_that_yamux_would_panic_on_are_errors() {
+        let err = yamux_config(0, DEFAULT_CONNECTION_WINDOW).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: a connection needs at least one stream"
+        );
+        let least = 2 * 10 * STREAM_WINDOW;
+        assert!(yamux_config(10, least).is_ok());
+        let err = yamux_config(10, least - 1).unwrap_err();
+        assert!(
+            err.to_string().contains("it needs at least 5242880"),
+            "{err}"
+        );
+        // Large enough to overflow, if the check multiplied carelessly.
+        assert!(yamux_config(usize::MAX / 2, usize::MAX).is_err());
+    }
+}

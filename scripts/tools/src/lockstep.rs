@@ -177,12 +177,15 @@ impl Spec {
         spec
     }
 
-    /// The spec without its version, to compare within one section.
-    fn shape(&self) -> Spec {
-        Spec {
-            version: None,
-            ..self.clone()
-        }
+    /// Whether this spec is `before` with, at most, more features. A
+    /// chapter that needs another feature of a shared crate enables it
+    /// there and in the chapters after; that crate then builds once per
+    /// set of features, which costs less than earlier chapters declaring
+    /// features they do not use.
+    fn grows(&self, before: &Spec) -> bool {
+        self.default_features == before.default_features
+            && self.optional == before.optional
+            && self.features.is_superset(&before.features)
     }
 }
 
@@ -225,8 +228,8 @@ impl Declared<'_> {
 }
 
 /// (b) A dependency declared by several chapters has the same version
-/// string everywhere, and the same features, default-features and optional
-/// in the same section.
+/// string everywhere, and in the same section the same default-features
+/// and optional, and the features of the chapter before it, or more.
 fn check_manifests(repo: &Repo, chapters: &[Chapter]) -> Result<Vec<Problem>> {
     let mut files = Vec::new();
     for chapter in chapters {
@@ -268,18 +271,19 @@ fn check_manifests(repo: &Repo, chapters: &[Chapter]) -> Result<Vec<Problem>> {
             }
         }
         for section in SECTIONS {
-            let mut in_section = decls.iter().filter(|d| d.section == section);
-            let Some(first) = in_section.next() else {
-                continue;
-            };
-            for d in in_section.filter(|d| d.file.chapter != first.file.chapter) {
-                if d.spec.shape() != first.spec.shape() {
-                    let message = format!(
-                        "[{section}] `{name}` has {} here but {} in {}",
-                        d.spec, first.spec, first.file.path
-                    );
-                    problems.push(problem(d.file, d.line(), message));
+            let in_section: Vec<_> = decls.iter().filter(|d| d.section == section).collect();
+            // Each declaration against the one of the chapter before it.
+            for pair in in_section.windows(2) {
+                let (before, d) = (pair[0], pair[1]);
+                if d.file.chapter == before.file.chapter || d.spec.grows(&before.spec) {
+                    continue;
                 }
+                let message = format!(
+                    "[{section}] `{name}` has {} here but {} in {}: a later chapter \
+                     may add features, but not drop any or change the others",
+                    d.spec, before.spec, before.file.path
+                );
+                problems.push(problem(d.file, d.line(), message));
             }
         }
     }

@@ -624,15 +624,26 @@ fn check_lockstep_reports_cargo_toml_specs() {
     fake.edit(
         "chapters/02-b/Cargo.toml",
         "features = [\"derive\"]",
-        "features = [\"derive\", \"rc\"]",
+        "features = [\"rc\"]",
     );
     fake.assert_fails(
         Check::Lockstep,
         &[
             "chapters/02-b/Cargo.toml:7: `bytes` has version \"1.1\" here but \"1.0\" in chapters/01-a/Cargo.toml",
-            "chapters/02-b/Cargo.toml:8: [dependencies] `serde` has features = [\"derive\", \"rc\"], default-features = true, optional = false here but features = [\"derive\"], default-features = true, optional = false in chapters/01-a/Cargo.toml",
+            "chapters/02-b/Cargo.toml:8: [dependencies] `serde` has features = [\"rc\"], default-features = true, optional = false here but features = [\"derive\"], default-features = true, optional = false in chapters/01-a/Cargo.toml: a later chapter may add features, but not drop any or change the others",
         ],
     );
+}
+
+#[test]
+fn check_lockstep_lets_a_later_chapter_add_features() {
+    let fake = Fake::new();
+    fake.edit(
+        "chapters/02-b/Cargo.toml",
+        "features = [\"derive\"]",
+        "features = [\"derive\", \"rc\"]",
+    );
+    fake.assert_passes(Check::Lockstep);
 }
 
 #[test]
@@ -650,7 +661,7 @@ fn check_lockstep_compares_default_features_and_skips_own_packages() {
     );
     fake.assert_fails(
         Check::Lockstep,
-        &["chapters/02-b/Cargo.toml:8: [dependencies] `serde` has features = [\"derive\"], default-features = false, optional = false here but features = [\"derive\"], default-features = true, optional = false in chapters/01-a/Cargo.toml"],
+        &["chapters/02-b/Cargo.toml:8: [dependencies] `serde` has features = [\"derive\"], default-features = false, optional = false here but features = [\"derive\"], default-features = true, optional = false in chapters/01-a/Cargo.toml: a later chapter may add features, but not drop any or change the others"],
     );
 }
 

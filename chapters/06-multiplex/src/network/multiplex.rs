@@ -377,6 +377,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
 }
 // ANCHOR_END: recorded
 
+// ANCHOR: tests
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,3 +400,4 @@ mod tests {
         assert!(yamux_config(usize::MAX / 2, usize::MAX).is_err());
     }
 }
+// ANCHOR_END: tests

@@ -6,7 +6,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, BufWriter},
     net::TcpListener,
     sync::Semaphore,
-    task::JoinSet,
+    task::{JoinError, JoinSet},
 };
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tracing::{debug, info, warn};
@@ -137,7 +137,9 @@ where
             None => break Ok(()),
         };
         // Collect the tasks that have finished, so the set stays small.
-        while tasks.try_join_next().is_some() {}
+        while let Some(result) = tasks.try_join_next() {
+            log_panic(result);
+        }
         let service = service.clone();
         match Arc::clone(&places).try_acquire_owned() {
             Ok(place) => {
@@ -156,8 +158,18 @@ where
     };
     // The connection has ended, and with it every stream: the tasks see
     // the end of their stream and finish.
-    tasks.join_all().await;
+    while let Some(result) = tasks.join_next().await {
+        log_panic(result);
+    }
     result
+}
+
+/// Logs a stream's task that panicked (a hook, say), instead of passing
+/// the panic on to the connection's task.
+fn log_panic(result: Result<(), JoinError>) {
+    if let Err(err) = result {
+        warn!(%err, "a stream's task failed");
+    }
 }
 
 /// Runs a stream's task and logs how it ended.

@@ -84,8 +84,8 @@ pub(crate) fn yamux_config(
 // ANCHOR_END: config
 
 // ANCHOR: mux_stream
-/// The size of a stream's scratch buffer for reads: the largest data
-/// frame that yamux sends. (See `poll_read` for why there is one.)
+/// The size of a stream's scratch buffer for reads, and so the most that
+/// one read copies. (See `poll_read` for why there is one.)
 const SCRATCH: usize = 16 << 10;
 
 /// One yamux stream, with tokio's IO traits, holding its place among the
@@ -211,13 +211,24 @@ pub struct Client {
 
 impl Client {
     /// Starts yamux on `io` (a TLS stream, say) and the task that drives
-    /// it. Must be called inside a tokio runtime.
+    /// it, for up to [`DEFAULT_MAX_STREAMS`] streams at once. Must be
+    /// called inside a tokio runtime.
     pub fn new<S>(io: S) -> Self
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let config = yamux_config(DEFAULT_MAX_STREAMS, DEFAULT_CONNECTION_WINDOW)
-            .expect("the defaults pass: checked at compile time");
+        Self::with_max_streams(io, DEFAULT_MAX_STREAMS).expect("the default limit works")
+    }
+
+    /// Like [`Client::new`], for up to `max_streams` streams at once. The
+    /// server refuses streams past its own limit, and ends the connection
+    /// past twice that: keep `max_streams` at most twice the server's.
+    pub fn with_max_streams<S>(io: S, max_streams: usize) -> Result<Self, KvError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let least = max_streams.saturating_mul(2 * STREAM_WINDOW);
+        let config = yamux_config(max_streams, least.max(DEFAULT_CONNECTION_WINDOW))?;
         let failure = Arc::new(OnceLock::new());
         // One write per frame, not two: see `serve_connection`.
         let io = Recorded {
@@ -227,19 +238,25 @@ impl Client {
         let connection = Connection::new(io.compat(), config, Mode::Client);
         let (opener, requests) = mpsc::channel(1);
         let (done, closed) = watch::channel(());
-        tokio::spawn(drive(connection, requests, done));
-        Self {
+        let streams = Arc::new(Semaphore::new(max_streams));
+        let ends = Ends {
+            streams: Arc::clone(&streams),
+            failure: Arc::clone(&failure),
+            _done: done,
+        };
+        tokio::spawn(drive(connection, requests, ends));
+        Ok(Self {
             opener,
-            streams: Arc::new(Semaphore::new(DEFAULT_MAX_STREAMS)),
+            streams,
             closed,
             failure,
-        }
+        })
     }
 
     /// Opens a stream: a byte stream of its own, to carry frames exactly as
-    /// a TCP connection did. Waits while [`DEFAULT_MAX_STREAMS`] streams of
-    /// this connection are open: yamux would end the connection if we
-    /// opened too many.
+    /// a TCP connection did. Waits while the most streams this client
+    /// allows are open: yamux would end the connection if we opened too
+    /// many. Nothing is sent until the stream's first write.
     pub async fn open(&self) -> Result<MuxStream, KvError> {
         let closed = || match self.failure.get() {
             Some(reason) => KvError::Connection(format!("the connection failed: {reason}")),
@@ -259,8 +276,9 @@ impl Client {
     pub async fn execute(&self, request: CommandRequest) -> Result<CommandResponse, KvError> {
         let mut stream = ProstClientStream::new(self.open().await?);
         let response = stream.execute(request).await?;
-        // The server's end of the stream can now end cleanly.
-        stream.close().await?;
+        // Lets the server's end of the stream end cleanly. The answer is
+        // here whatever happens to the connection now.
+        let _ = stream.close().await;
         Ok(response)
     }
 
@@ -275,13 +293,23 @@ impl Client {
     }
 }
 
+/// What the driver task leaves behind when it ends.
+struct Ends {
+    /// Closed at the end, so that `open` fails instead of waiting.
+    streams: Arc<Semaphore>,
+    /// Why the connection failed, if no IO error says it already.
+    failure: Arc<OnceLock<String>>,
+    /// Dropped at the end, which ends `Client::close`.
+    _done: watch::Sender<()>,
+}
+
 /// Drives a client's connection: opens the streams asked for, and moves
 /// the data of every stream, until no one can ask for a stream any more
 /// or the connection fails.
 async fn drive<S>(
     mut connection: Connection<S>,
     mut requests: mpsc::Receiver<OpenRequest>,
-    _done: watch::Sender<()>,
+    ends: Ends,
 ) where
     S: futures::AsyncRead + futures::AsyncWrite + Unpin,
 {
@@ -290,8 +318,12 @@ async fn drive<S>(
         loop {
             // All of yamux's reading and writing happens in this call.
             match connection.poll_next_inbound(cx) {
-                // Our server opens no streams: refuse any that comes.
-                Poll::Ready(Some(Ok(stream))) => drop(stream),
+                // Our server opens no streams: refuse any that comes, and
+                // poll again, since `Ready` left no waker behind.
+                Poll::Ready(Some(Ok(stream))) => {
+                    drop(stream);
+                    continue;
+                }
                 Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(err)),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
                 Poll::Pending => {}
@@ -304,8 +336,8 @@ async fn drive<S>(
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            // Pending while too many new streams wait for the server to
-            // acknowledge them.
+            // yamux makes us wait once 256 new streams are not yet
+            // acknowledged by the server; our limits stay below that.
             let stream = ready!(connection.poll_new_outbound(cx));
             if let Some(reply) = waiting.take() {
                 // The caller may have given up waiting; then the stream
@@ -317,8 +349,12 @@ async fn drive<S>(
     .await;
     match result {
         Ok(()) => debug!("client connection done"),
-        Err(err) => debug!(%err, "client connection failed"),
+        Err(err) => {
+            debug!(%err, "client connection failed");
+            let _ = ends.failure.set(err.to_string());
+        }
     }
+    ends.streams.close();
     // Says goodbye to the server and closes TLS; at once if the
     // connection has already ended.
     let _ = poll_fn(|cx| connection.poll_close(cx)).await;
@@ -326,9 +362,9 @@ async fn drive<S>(
 // ANCHOR_END: client
 
 // ANCHOR: recorded
-/// The client's connection, remembering its first error. The error is
+/// The client's connection, remembering its first IO error. The error is
 /// kept before yamux sees it, and so before yamux ends the streams: a
-/// stream that sees its end can always tell why.
+/// stream that sees its end because of it can tell why.
 struct Recorded<S> {
     io: S,
     failure: Arc<OnceLock<String>>,
@@ -398,6 +434,16 @@ mod tests {
         );
         // Large enough to overflow, if the check multiplied carelessly.
         assert!(yamux_config(usize::MAX / 2, usize::MAX).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_needs_at_least_one_stream() {
+        let (io, _peer) = tokio::io::duplex(64);
+        let err = Client::with_max_streams(io, 0).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: a connection needs at least one stream"
+        );
     }
 }
 // ANCHOR_END: tests

@@ -3,7 +3,11 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MDBOOK_VERSION=0.5.4
+# The full mdBook (build and serve), and one that can only build: it
+# compiles in about two thirds of the time, which the test command, run on
+# fresh machines, is glad of.
 MDBOOK="$ROOT/.tools/bin/mdbook"
+MDBOOK_BUILD_ONLY="$ROOT/.tools/build-only/bin/mdbook"
 
 # repo_tools ARGS...: runs the repo-tools crate (built on first use).
 repo_tools() {
@@ -11,11 +15,37 @@ repo_tools() {
     (cd "$ROOT" && cargo run -q --manifest-path "$ROOT/Cargo.toml" -p repo-tools -- --root "$ROOT" "$@")
 }
 
-# ensure_mdbook: installs the pinned mdBook into $ROOT/.tools unless it is there.
+# is_pinned BINARY: whether BINARY is the pinned mdBook.
+is_pinned() {
+    [ "$("$1" --version 2>/dev/null)" = "mdbook v$MDBOOK_VERSION" ]
+}
+
+# install_mdbook ROOT [CARGO_INSTALL_ARGS...]: installs the pinned mdBook
+# into ROOT/bin.
+install_mdbook() {
+    local root="$1"
+    shift
+    echo "Installing mdBook $MDBOOK_VERSION into $root (once, takes a few minutes)" >&2
+    # From /, so that the build uses a temporary target directory, not ours.
+    (cd / && cargo install --locked --root "$root" mdbook --version "=$MDBOOK_VERSION" "$@")
+}
+
+# ensure_mdbook: installs the full pinned mdBook into $ROOT/.tools unless it
+# is there.
 ensure_mdbook() {
-    if [ "$("$MDBOOK" --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
-        echo "Installing mdBook $MDBOOK_VERSION into $ROOT/.tools (once, takes a few minutes)" >&2
-        # From /, so that the build uses a temporary target directory, not ours.
-        (cd / && cargo install --locked --root "$ROOT/.tools" mdbook --version "=$MDBOOK_VERSION")
+    is_pinned "$MDBOOK" || install_mdbook "$ROOT/.tools"
+}
+
+# ensure_mdbook_build: sets MDBOOK_BUILD to an mdBook that can build the
+# book: the full one if it is there, else the build-only one, installed if
+# need be.
+ensure_mdbook_build() {
+    if is_pinned "$MDBOOK"; then
+        MDBOOK_BUILD="$MDBOOK"
+        return
     fi
+    if ! is_pinned "$MDBOOK_BUILD_ONLY"; then
+        install_mdbook "$ROOT/.tools/build-only" --no-default-features --features search
+    fi
+    MDBOOK_BUILD="$MDBOOK_BUILD_ONLY"
 }

@@ -143,6 +143,54 @@ fn kvc_explains_an_unreachable_server() {
     );
 }
 
+// ANCHOR: pubsub_cli
+#[test]
+fn kvc_subscribe_prints_messages_until_ctrl_c() {
+    let server = start_kvs(&[]);
+    let dir = server.dir.path();
+    let mut subscriber = Command::new(env!("CARGO_BIN_EXE_kvc"))
+        .args(["--addr", &server.addr, "subscribe", "news"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kvc starts");
+    // Subscribed once it says so.
+    let mut said = BufReader::new(subscriber.stderr.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert!(line.starts_with("subscribed to news as "), "{line}");
+    let id = line
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .trim_end_matches(';');
+
+    let output = kvc(dir, &server.addr, &["publish", "news", "hello", "int:42"]);
+    assert_eq!(stdout(&output), "1\n", "one subscriber reached");
+    let mut heard = BufReader::new(subscriber.stdout.take().unwrap());
+    let mut message = String::new();
+    heard.read_line(&mut message).unwrap();
+    assert_eq!(message, "\"hello\" 42\n");
+
+    // Another connection cannot end the subscription.
+    let output = kvc(dir, &server.addr, &["unsubscribe", "news", id]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).starts_with("error 404: no subscription"));
+
+    // Ctrl-C: kvc unsubscribes on its own connection and exits cleanly.
+    let pid = subscriber.id().to_string();
+    let kill = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(kill.success());
+    assert!(subscriber.wait().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut said, &mut rest).unwrap();
+    assert_eq!(rest, "unsubscribed\n");
+    let output = kvc(dir, &server.addr, &["publish", "news", "anyone?"]);
+    assert_eq!(stdout(&output), "0\n");
+}
+// ANCHOR_END: pubsub_cli
+
 // ANCHOR: bad_limits
 #[test]
 fn kvs_refuses_limits_that_cannot_work() {

@@ -3,13 +3,16 @@
 //!
 //! kvc hset fruit apple int:3
 //! kvc hget fruit apple
+//! kvc subscribe news       (prints messages until Ctrl-C)
+//! kvc publish news hello int:42
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use kv::{Client, CommandRequest, CommandResponse, Kvpair, TlsClientConnector, Value};
+use futures::StreamExt;
+use kv::{Client, CommandRequest, CommandResponse, Kvpair, RequestData, TlsClientConnector, Value};
 use tokio::net::TcpStream;
 // ANCHOR_END: imports
 
@@ -88,6 +91,17 @@ enum Command {
         #[arg(required = true)]
         keys: Vec<String>,
     },
+    /// Print each message published to a topic, until Ctrl-C.
+    Subscribe { topic: String },
+    /// Send values to every subscriber of a topic; prints how many it
+    /// reached.
+    Publish {
+        topic: String,
+        #[arg(required = true, value_parser = parse_value)]
+        values: Vec<Value>,
+    },
+    /// End a subscription; only the connection that made it may.
+    Unsubscribe { topic: String, id: u32 },
 }
 // ANCHOR_END: args
 
@@ -143,6 +157,10 @@ enum Shape {
     One,
     List,
     Pairs,
+    /// A published message: its values on one line.
+    Message,
+    /// Nothing to show but success.
+    Done,
 }
 
 impl Command {
@@ -171,6 +189,13 @@ impl Command {
             Command::Hmexist { table, keys } => {
                 (CommandRequest::new_hmexist(table, keys), Shape::List)
             }
+            Command::Subscribe { topic } => (CommandRequest::new_subscribe(topic), Shape::Message),
+            Command::Publish { topic, values } => {
+                (CommandRequest::new_publish(topic, values), Shape::One)
+            }
+            Command::Unsubscribe { topic, id } => {
+                (CommandRequest::new_unsubscribe(topic, id), Shape::Done)
+            }
         };
         Ok(request)
     }
@@ -194,6 +219,11 @@ fn format_response(response: &CommandResponse, shape: Shape) -> String {
                 )
             })
             .collect(),
+        Shape::Message => {
+            let values: Vec<String> = response.values.iter().map(Value::to_string).collect();
+            vec![values.join(" ")]
+        }
+        Shape::Done => vec!["OK".into()],
     };
     if lines.is_empty() {
         return "(empty)".into();
@@ -229,6 +259,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot set up TLS with {}", args.addr))?;
     let client = Client::new(stream);
+    if let Some(RequestData::Subscribe(sub)) = request.request_data {
+        return subscribe(&client, sub.topic).await;
+    }
     let response = client
         .execute(request)
         .await
@@ -244,6 +277,46 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 // ANCHOR_END: main
+
+// ANCHOR: subscribe
+/// Prints each message published to `topic` until Ctrl-C; then
+/// unsubscribes, prints what was already on its way, and returns.
+async fn subscribe(client: &Client, topic: String) -> anyhow::Result<ExitCode> {
+    let mut messages = client.subscribe(&topic).await?;
+    let id = messages.id();
+    eprintln!("subscribed to {topic} as {id}; Ctrl-C to stop");
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(Ok(message)) if message.is_ok() => {
+                    println!("{}", format_response(&message, Shape::Message));
+                }
+                Some(Ok(message)) => {
+                    eprintln!("error {}: {}", message.status, message.message);
+                    return Ok(ExitCode::FAILURE);
+                }
+                Some(Err(err)) => return Err(err.into()),
+                // The server ends the stream once we are unsubscribed.
+                None => break,
+            },
+            signal = &mut ctrl_c, if !stopping => {
+                signal.context("cannot wait for Ctrl-C")?;
+                stopping = true;
+                // On another stream of the same connection: only this
+                // connection may end the subscription.
+                let res = client.execute(CommandRequest::new_unsubscribe(&topic, id)).await?;
+                if !res.is_ok() {
+                    bail!("cannot unsubscribe: error {}: {}", res.status, res.message);
+                }
+            }
+        }
+    }
+    eprintln!("unsubscribed");
+    Ok(ExitCode::SUCCESS)
+}
+// ANCHOR_END: subscribe
 
 // ANCHOR: tests
 #[cfg(test)]

@@ -16,8 +16,9 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use kv::{
-    DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DevCertPaths, DevCerts,
-    MemTable, RedbStore, ServerConfig, Service, Storage, TlsServerAcceptor, serve,
+    DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_SUBSCRIBER_QUEUE,
+    DevCertPaths, DevCerts, MemTable, RedbStore, ServerConfig, Service, Storage, TlsServerAcceptor,
+    serve,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info};
@@ -49,6 +50,11 @@ struct Args {
     /// How many bytes a connection's streams may hold unread, together.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CONNECTION_WINDOW)]
     connection_window: usize,
+
+    /// How many messages may wait for a subscriber; one that falls further
+    /// behind loses its subscription.
+    #[arg(long, value_name = "MESSAGES", default_value_t = DEFAULT_SUBSCRIBER_QUEUE)]
+    subscriber_queue: usize,
 
     /// The server's certificate chain (PEM).
     #[arg(long, value_name = "PATH", requires = "key")]
@@ -94,11 +100,11 @@ async fn main() -> anyhow::Result<()> {
             let store = RedbStore::open(path)
                 .with_context(|| format!("cannot open database {}", path.display()))?;
             info!(path = %path.display(), "storing data in a database file");
-            run(listener, store, config).await
+            run(listener, store, config, args.subscriber_queue).await
         }
         None => {
             info!("storing data in memory");
-            run(listener, MemTable::new(), config).await
+            run(listener, MemTable::new(), config, args.subscriber_queue).await
         }
     }
 }
@@ -108,9 +114,11 @@ async fn run<Store: Storage + 'static>(
     listener: TcpListener,
     store: Store,
     config: ServerConfig,
+    subscriber_queue: usize,
 ) -> anyhow::Result<()> {
     let service = Service::builder(store)
         .max_answer(config.max_frame)
+        .subscriber_queue(subscriber_queue)
         .on_executed(|response| debug!(status = response.status, "executed"))
         .build();
     println!("kvs listening on {}", listener.local_addr()?);

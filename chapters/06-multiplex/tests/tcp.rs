@@ -6,7 +6,7 @@ mod common;
 use std::{io::Write, net::SocketAddr, time::Duration};
 
 use bytes::{BufMut, BytesMut};
-use common::{CERTS, acceptor, connector};
+use common::{CERTS, acceptor, connector, random_bytes};
 use flate2::{Compression, write::GzEncoder};
 use futures::StreamExt;
 use kv::{
@@ -83,18 +83,6 @@ fn raw_frame(compressed: bool, payload: &[u8]) -> Vec<u8> {
     frame.to_vec()
 }
 
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn every_command_works_end_to_end() {
     let addr = start_server(Service::new(MemTable::new()), DEFAULT_MAX_FRAME).await;
@@ -162,7 +150,7 @@ async fn after_send_runs_once_per_response_sent() {
 async fn a_4_mib_random_value_round_trips() {
     let addr = start_server(Service::new(MemTable::new()), DEFAULT_MAX_FRAME).await;
     let mut client = new_client(addr).await;
-    let value = Value::from(random_bytes(4 << 20));
+    let value = Value::from(random_bytes(4 << 20, 0));
     client
         .execute(CommandRequest::new_hset("big", "random", value.clone()))
         .await
@@ -222,7 +210,7 @@ async fn a_header_claiming_2_gib_gets_413_and_the_server_goes_on() {
 async fn a_request_over_the_limit_gets_413_while_still_being_sent() {
     let addr = start_server(Service::new(MemTable::new()), 1 << 20).await;
     let mut client = new_client(addr).await;
-    let request = CommandRequest::new_hset("t", "k", random_bytes(8 << 20));
+    let request = CommandRequest::new_hset("t", "k", random_bytes(8 << 20, 0));
     let res = client.execute(request).await.unwrap();
     assert_eq!(res.status, 413, "{}", res.message);
     assert_still_serving(addr).await;

@@ -7,7 +7,7 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::{BufMut, BytesMut};
-use common::{CERTS, acceptor, connector};
+use common::{CERTS, acceptor, connector, random_bytes};
 use kv::{
     Client, CommandRequest, KvError, MemTable, ProstClientStream, ServerConfig, Service, Value,
     serve, serve_connection,
@@ -48,19 +48,6 @@ async fn start_server(config: ServerConfig) -> SocketAddr {
 async fn connect(addr: SocketAddr) -> Client {
     let tcp = TcpStream::connect(addr).await.unwrap();
     Client::new(connector(&CERTS, false).connect(tcp).await.unwrap())
-}
-
-/// Bytes that do not compress, different for each seed.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ seed;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 /// On a stream of its own, sets a value of `len` random bytes twice and

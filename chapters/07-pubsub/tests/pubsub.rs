@@ -5,7 +5,7 @@ mod common;
 
 use std::{net::SocketAddr, time::Duration};
 
-use common::{CERTS, acceptor, connector};
+use common::{CERTS, acceptor, connector, random_bytes};
 use futures::StreamExt;
 use kv::{
     Client, CommandRequest, CommandResponse, MemTable, ServerConfig, Service, Subscriber, Value,
@@ -155,15 +155,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_and_others_go_on() {
     let mut reached = Vec::new();
     for i in 0..40 {
         // Bytes that do not compress, so each message takes its 64 KiB.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64 + i;
-        let big: Vec<u8> = (0..64 << 10)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let big = random_bytes(64 << 10, i);
         reached.push(publish(&publisher, "t", big.clone()).await);
         // The fast subscriber reads each message as it comes.
         let message = next(&mut fast).await.unwrap();

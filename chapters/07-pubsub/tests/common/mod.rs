@@ -40,3 +40,18 @@ pub fn connector(certs_: &DevCerts, identity: bool) -> TlsClientConnector {
     let identity = identity.then(|| (certs(&certs_.client_cert), key(&certs_.client_key)));
     TlsClientConnector::new("localhost", certs(&certs_.ca_cert), identity).unwrap()
 }
+
+/// Bytes that do not compress (a xorshift sequence), different for each
+/// seed: large values that stay large on the wire.
+#[allow(dead_code)]
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

@@ -7,7 +7,7 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::{BufMut, BytesMut};
-use common::{CERTS, acceptor, connector, random_bytes};
+use common::{CERTS, acceptor, connector, proxy, random_bytes};
 use kv::{
     Client, CommandRequest, KvError, MemTable, ProstClientStream, ServerConfig, Service, Value,
     serve, serve_connection,
@@ -154,19 +154,6 @@ async fn a_stream_past_the_limit_gets_429_and_the_connection_goes_on() {
 // ANCHOR_END: limit
 
 // ANCHOR: cut
-/// A TCP proxy for one connection to `server`. Aborting the task it
-/// returns cuts that connection at once.
-async fn proxy(server: SocketAddr) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let (mut client, _) = listener.accept().await.unwrap();
-        let mut upstream = TcpStream::connect(server).await.unwrap();
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    });
-    (addr, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_connection_ends_every_stream_with_an_error() {
     let server = start_server(config(8)).await;

@@ -30,7 +30,7 @@ pub use pb::abi::{
 pub use server::{ServerConfig, serve, serve_connection};
 pub use service::{
     Answer, Broadcaster, CommandService, ConnectionId, DEFAULT_SUBSCRIBER_QUEUE, Hook, HookMut,
-    Service, ServiceBuilder, Subscription,
+    MAX_SUBSCRIBER_QUEUE, MAX_TOPIC_LEN, Service, ServiceBuilder, Subscription,
 };
 pub use storage::{MemTable, RedbStore, Storage, StorageIter, TableRead, TableWrite};
 pub use tls::{

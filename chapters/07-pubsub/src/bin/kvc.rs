@@ -100,7 +100,9 @@ enum Command {
         #[arg(required = true, value_parser = parse_value)]
         values: Vec<Value>,
     },
-    /// End a subscription; only the connection that made it may.
+    /// End a subscription. Only the connection that made it may, and this
+    /// command makes a connection of its own: it shows the refusal. `kvc
+    /// subscribe` unsubscribes on Ctrl-C.
     Unsubscribe { topic: String, id: u32 },
 }
 // ANCHOR_END: args
@@ -299,7 +301,8 @@ async fn subscribe(client: &Client, topic: String) -> anyhow::Result<ExitCode> {
                 }
                 Some(Err(err)) => return Err(err.into()),
                 // The server ends the stream once we are unsubscribed.
-                None => break,
+                None if stopping => break,
+                None => bail!("the server ended the subscription"),
             },
             signal = &mut ctrl_c, if !stopping => {
                 signal.context("cannot wait for Ctrl-C")?;

@@ -13,12 +13,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
 use kv::{
     DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_SUBSCRIBER_QUEUE,
-    DevCertPaths, DevCerts, MemTable, RedbStore, ServerConfig, Service, Storage, TlsServerAcceptor,
-    serve,
+    DevCertPaths, DevCerts, MAX_SUBSCRIBER_QUEUE, MemTable, RedbStore, ServerConfig, Service,
+    Storage, TlsServerAcceptor, serve,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info};
@@ -91,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
         tls: tls_acceptor(&args)?,
     };
     config.check()?;
+    if !(1..=MAX_SUBSCRIBER_QUEUE).contains(&args.subscriber_queue) {
+        bail!("--subscriber-queue must be from 1 to {MAX_SUBSCRIBER_QUEUE}");
+    }
 
     let listener = TcpListener::bind(&args.addr)
         .await

@@ -94,20 +94,26 @@ where
     /// client closes its side of the stream; then closes the stream, which
     /// tells the client that no more will come.
     async fn deliver(mut self, mut subscription: Subscription) -> Result<(), KvError> {
-        // The first answer, the id, has been through every hook already.
-        let mut first = true;
+        // The id, before anything else can happen. It has had its hooks.
+        if let Some(first) = subscription.next().await {
+            self.inner.send(first).await?;
+            self.service.after_send();
+        }
         let result = loop {
             tokio::select! {
                 answer = subscription.next() => {
                     let Some(mut answer) = answer else { break Ok(()) };
-                    if !first {
-                        self.service.before_send(&mut answer);
+                    self.service.before_send(&mut answer);
+                    // Sending waits for the client to read. If it fell
+                    // behind meanwhile, stop waiting: the subscription and
+                    // its queue go now, and the reason is the last answer.
+                    tokio::select! {
+                        sent = self.inner.send(answer) => match sent {
+                            Ok(()) => self.service.after_send(),
+                            Err(err) => break Err(err),
+                        },
+                        () = subscription.fell_behind() => break Ok(()),
                     }
-                    first = false;
-                    if let Err(err) = self.inner.send(answer).await {
-                        break Err(err);
-                    }
-                    self.service.after_send();
                 }
                 // The client sends nothing on a subscription's stream: its
                 // end, or anything else, ends the subscription.
@@ -116,15 +122,25 @@ where
                         let err = KvError::InvalidCommand(
                             "a subscription's stream takes no more requests".into(),
                         );
-                        let _ = self.inner.send(self.service.refuse(&err)).await;
+                        if self.inner.send(self.service.refuse(&err)).await.is_ok() {
+                            self.service.after_send();
+                        }
                     }
                     break Ok(());
                 }
             }
         };
-        // Unsubscribed before the client can see the stream end.
+        // Unsubscribed, and the queue freed, before the client can see the
+        // stream end.
+        let reason = subscription.take_reason();
         drop(subscription);
         result?;
+        if let Some(reason) = reason {
+            let mut last = CommandResponse::from(reason);
+            self.service.before_send(&mut last);
+            self.inner.send(last).await?;
+            self.service.after_send();
+        }
         self.inner.close().await
     }
     // ANCHOR_END: deliver

@@ -5,7 +5,10 @@ mod topic;
 
 use std::sync::Arc;
 
-pub use topic::{Broadcaster, ConnectionId, DEFAULT_SUBSCRIBER_QUEUE, Subscription};
+pub use topic::{
+    Broadcaster, ConnectionId, DEFAULT_SUBSCRIBER_QUEUE, MAX_SUBSCRIBER_QUEUE, MAX_TOPIC_LEN,
+    Subscription,
+};
 
 use crate::{
     CommandRequest, CommandResponse, DEFAULT_MAX_FRAME, KvError, MemTable, RequestData, Storage,
@@ -37,9 +40,9 @@ pub type HookMut<T> = Box<dyn Fn(&mut T) + Send + Sync>;
 /// `on_received` (with the request, when there is one: a frame that does
 /// not decode has none), `on_executed`, `on_before_send`, and once the
 /// answer has left, `on_after_send`. A subscription's first answer, its
-/// id, is such an answer. Each message it delivers after that passes
-/// `on_before_send` and `on_after_send` only: it was published, not
-/// executed.
+/// id, is such an answer. Each message it delivers after that, and the
+/// last answer of one that fell behind, pass `on_before_send` and
+/// `on_after_send` only: they were not executed.
 pub struct Service<S = MemTable> {
     inner: Arc<ServiceInner<S>>,
 }
@@ -109,10 +112,15 @@ impl<S: Storage> Service<S> {
         // `request_data` moves into the match: nothing is cloned.
         let response = match request.request_data {
             Some(RequestData::Subscribe(cmd)) => {
-                let mut subscription = inner.topics.subscribe(cmd.topic, connection);
-                let first = self.answer(subscription.take_first());
-                subscription.put_first(first);
-                return Answer::Stream(subscription);
+                match inner.topics.subscribe(cmd.topic, connection) {
+                    Ok(mut subscription) => {
+                        // The id answer passes the hooks like any answer.
+                        let first = self.answer(subscription.take_first());
+                        subscription.put_first(first);
+                        return Answer::Stream(subscription);
+                    }
+                    Err(err) => Err(err),
+                }
             }
             Some(RequestData::Unsubscribe(cmd)) => (inner.topics)
                 .unsubscribe(&cmd.topic, cmd.id, connection)
@@ -199,8 +207,9 @@ impl<S: Storage> ServiceBuilder<S> {
     }
 
     /// How many messages may wait for one subscriber (default
-    /// [`DEFAULT_SUBSCRIBER_QUEUE`]). A subscriber that falls further
-    /// behind loses its subscription, with a last answer that says so.
+    /// [`DEFAULT_SUBSCRIBER_QUEUE`], at most [`MAX_SUBSCRIBER_QUEUE`]). A
+    /// subscriber that falls further behind loses its subscription, with a
+    /// last answer that says so.
     pub fn subscriber_queue(mut self, messages: usize) -> Self {
         self.inner.topics = Broadcaster::new(messages);
         self

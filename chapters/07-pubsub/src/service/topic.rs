@@ -15,7 +15,10 @@ use std::{
     },
 };
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{
+    Notify,
+    mpsc::{self, error::TrySendError},
+};
 
 use crate::{CommandResponse, KvError, Value};
 // ANCHOR_END: imports
@@ -23,6 +26,13 @@ use crate::{CommandResponse, KvError, Value};
 // ANCHOR: ids
 /// How many messages may wait for a subscriber, unless told otherwise.
 pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 128;
+
+/// The most messages a subscriber's queue may be given.
+pub const MAX_SUBSCRIBER_QUEUE: usize = 1 << 20;
+
+/// The longest topic name, in bytes: a topic is kept as long as it has
+/// subscribers, so its name must not be as large as a frame.
+pub const MAX_TOPIC_LEN: usize = 1024;
 
 /// The connection a subscription belongs to: only that connection may end
 /// it. All the streams of one connection share its id.
@@ -65,24 +75,33 @@ struct Table {
 /// The sending end of one subscriber's queue.
 struct Mailbox {
     sender: mpsc::Sender<Arc<CommandResponse>>,
-    /// Where the reason goes when someone else ends the subscription.
-    ended: Arc<Mutex<Option<KvError>>>,
+    ending: Arc<Ending>,
+}
+
+/// How a subscription that fell behind learns it: not through its queue,
+/// which is full, but through this, which it shares with its mailbox.
+#[derive(Default)]
+struct Ending {
+    reason: Mutex<Option<KvError>>,
+    /// Wakes a subscriber that waits to send, so it stops waiting.
+    notify: Notify,
 }
 
 impl Broadcaster {
     /// A broadcaster whose subscribers each have a queue of `queue`
-    /// messages (at least one).
+    /// messages, from 1 to [`MAX_SUBSCRIBER_QUEUE`].
     pub fn new(queue: usize) -> Self {
         Self {
             table: Arc::default(),
-            queue: queue.max(1),
+            queue: queue.clamp(1, MAX_SUBSCRIBER_QUEUE),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        // A panic while the lock was held cannot leave the table half
-        // changed (each change is one insert or remove), so a poisoned lock
-        // is still good to use.
+        // A thread that panics while it holds a `std` mutex "poisons" it,
+        // and `lock` then returns an error. Nothing that runs under this
+        // lock can panic halfway through a change (they are inserts and
+        // removes on maps), so the table is whole: take it anyway.
         self.table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -92,9 +111,14 @@ impl Broadcaster {
     // ANCHOR: subscribe
     /// Subscribes `owner` to `topic`. The subscription's first item says
     /// its id; it ends when it is dropped or unsubscribed.
-    pub fn subscribe(&self, topic: String, owner: ConnectionId) -> Subscription {
+    pub fn subscribe(&self, topic: String, owner: ConnectionId) -> Result<Subscription, KvError> {
+        if topic.len() > MAX_TOPIC_LEN {
+            return Err(KvError::InvalidCommand(format!(
+                "a topic name has at most {MAX_TOPIC_LEN} bytes"
+            )));
+        }
         let (sender, receiver) = mpsc::channel(self.queue);
-        let ended = Arc::new(Mutex::new(None));
+        let ending = Arc::new(Ending::default());
         let mut table = self.lock();
         // Ids wrap around after 2^32 subscriptions; skip any still in use,
         // and 0, which protobuf sends for "no id".
@@ -105,7 +129,7 @@ impl Broadcaster {
         table.next_id = id.wrapping_add(1);
         let mailbox = Mailbox {
             sender,
-            ended: Arc::clone(&ended),
+            ending: Arc::clone(&ending),
         };
         table
             .topics
@@ -113,14 +137,14 @@ impl Broadcaster {
             .or_default()
             .insert(id, mailbox);
         table.owners.insert(id, (topic, owner));
-        Subscription {
+        Ok(Subscription {
             id,
             first: Some(CommandResponse::from(Value::from(i64::from(id)))),
             receiver,
-            ended,
+            ending,
             broadcaster: self.clone(),
             done: false,
-        }
+        })
     }
     // ANCHOR_END: subscribe
 
@@ -179,10 +203,10 @@ impl Broadcaster {
 }
 
 impl Table {
-    /// Removes subscription `id`, giving the subscriber `why` if there is
-    /// a reason to tell, and the topic with it if it was the last one. One
-    /// lock covers all of it: a subscribe that comes in between cannot
-    /// land in a topic that is being removed.
+    /// Removes subscription `id`, and its topic with it if it was the last
+    /// one. `why`, if given, goes to the subscriber (an unsubscribe needs
+    /// no reason). One lock covers all of it: a subscribe that comes in
+    /// between cannot land in a topic that is being removed.
     fn remove(&mut self, id: u32, why: Option<KvError>) {
         let Some((topic, _)) = self.owners.remove(&id) else {
             return;
@@ -190,11 +214,18 @@ impl Table {
         let Some(subscribers) = self.topics.get_mut(&topic) else {
             return;
         };
-        // Dropping the mailbox's sender ends the stream once its queue is
-        // empty; a reason, if any, is its last answer.
-        if let (Some(mailbox), Some(why)) = (subscribers.remove(&id), why) {
-            *mailbox.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        let mailbox = subscribers.remove(&id);
+        if let (Some(mailbox), Some(why)) = (&mailbox, why) {
+            *mailbox
+                .ending
+                .reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(why);
+            mailbox.ending.notify.notify_one();
         }
+        // Dropping the sender ends the subscriber's stream once its queue
+        // is empty.
+        drop(mailbox);
         if subscribers.is_empty() {
             self.topics.remove(&topic);
         }
@@ -210,7 +241,7 @@ pub struct Subscription {
     /// The answer that says the id, until it has been taken.
     first: Option<CommandResponse>,
     receiver: mpsc::Receiver<Arc<CommandResponse>>,
-    ended: Arc<Mutex<Option<KvError>>>,
+    ending: Arc<Ending>,
     broadcaster: Broadcaster,
     done: bool,
 }
@@ -243,13 +274,25 @@ impl Subscription {
             return None;
         }
         match self.receiver.recv().await {
+            // A copy for this subscriber: the hooks may change it.
             Some(message) => Some(CommandResponse::clone(&message)),
-            None => {
-                self.done = true;
-                let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-                ended.take().map(CommandResponse::from)
-            }
+            None => self.take_reason().map(CommandResponse::from),
         }
+    }
+
+    /// Completes once the subscription has been ended for falling behind.
+    /// For a sender that waits on a client that does not read: it can
+    /// stop waiting, and free the queue.
+    pub async fn fell_behind(&self) {
+        self.ending.notify.notified().await;
+    }
+
+    /// Why someone else ended the subscription, if they did; once. After
+    /// it, `next` returns `None`.
+    pub fn take_reason(&mut self) -> Option<KvError> {
+        self.done = true;
+        let mut reason = self.ending.reason.lock().unwrap_or_else(|p| p.into_inner());
+        reason.take()
     }
 }
 
@@ -261,7 +304,7 @@ impl Drop for Subscription {
         let mut table = self.broadcaster.lock();
         let ours = (table.owners.get(&self.id))
             .and_then(|(topic, _)| table.topics.get(topic)?.get(&self.id))
-            .is_some_and(|mailbox| Arc::ptr_eq(&mailbox.ended, &self.ended));
+            .is_some_and(|mailbox| Arc::ptr_eq(&mailbox.ending, &self.ending));
         if ours {
             table.remove(self.id, None);
         }
@@ -283,7 +326,9 @@ mod tests {
     #[tokio::test]
     async fn the_id_comes_before_any_message() {
         let topics = Broadcaster::new(8);
-        let mut sub = topics.subscribe("news".into(), ConnectionId::new());
+        let mut sub = topics
+            .subscribe("news".into(), ConnectionId::new())
+            .unwrap();
         // Published before the subscriber reads anything.
         assert_eq!(topics.publish("news", vec!["first".into()]), 1);
         let id = i64::from(sub.id());
@@ -294,7 +339,7 @@ mod tests {
     #[tokio::test]
     async fn messages_arrive_in_the_order_they_were_published() {
         let topics = Broadcaster::new(100);
-        let mut sub = topics.subscribe("n".into(), ConnectionId::new());
+        let mut sub = topics.subscribe("n".into(), ConnectionId::new()).unwrap();
         sub.next().await; // the id
         for i in 0..100i64 {
             topics.publish("n", vec![i.into()]);
@@ -308,8 +353,8 @@ mod tests {
     async fn a_subscriber_that_does_not_read_holds_up_no_one() {
         let topics = Broadcaster::new(4);
         let owner = ConnectionId::new();
-        let mut slow = topics.subscribe("t".into(), owner);
-        let mut fast = topics.subscribe("t".into(), owner);
+        let mut slow = topics.subscribe("t".into(), owner).unwrap();
+        let mut fast = topics.subscribe("t".into(), owner).unwrap();
         fast.next().await; // the id
         for i in 0..10i64 {
             // Never waits, whatever `slow` does.
@@ -335,7 +380,7 @@ mod tests {
     fn only_the_owner_can_unsubscribe_and_only_from_its_topic() {
         let topics = Broadcaster::new(4);
         let (owner, other) = (ConnectionId::new(), ConnectionId::new());
-        let sub = topics.subscribe("t".into(), owner);
+        let sub = topics.subscribe("t".into(), owner).unwrap();
         let err = topics.unsubscribe("t", sub.id(), other).unwrap_err();
         assert_eq!(err.status(), 404);
         assert!(topics.unsubscribe("elsewhere", sub.id(), owner).is_err());
@@ -349,7 +394,7 @@ mod tests {
     async fn unsubscribing_ends_the_stream_after_the_queued_messages() {
         let topics = Broadcaster::new(4);
         let owner = ConnectionId::new();
-        let mut sub = topics.subscribe("t".into(), owner);
+        let mut sub = topics.subscribe("t".into(), owner).unwrap();
         topics.publish("t", vec!["queued".into()]);
         topics.unsubscribe("t", sub.id(), owner).unwrap();
         sub.next().await; // the id
@@ -360,7 +405,7 @@ mod tests {
     #[test]
     fn a_subscription_leaves_as_soon_as_it_is_dropped() {
         let topics = Broadcaster::new(4);
-        let sub = topics.subscribe("t".into(), ConnectionId::new());
+        let sub = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
         assert_eq!(topics.subscribers("t"), 1);
         drop(sub);
         assert_eq!(topics.subscribers("t"), 0);
@@ -368,6 +413,33 @@ mod tests {
         assert!(topics.lock().owners.is_empty());
     }
 
+    #[test]
+    fn a_topic_goes_with_its_last_subscriber_and_comes_back_with_the_next() {
+        let topics = Broadcaster::new(4);
+        let a = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
+        let b = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
+        drop(a);
+        assert!(topics.lock().topics.contains_key("t"), "b is still there");
+        drop(b);
+        assert!(
+            !topics.lock().topics.contains_key("t"),
+            "gone with the last"
+        );
+        let _c = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
+        assert_eq!(topics.publish("t", vec![]), 1, "c is reached");
+    }
+
+    #[test]
+    fn a_topic_name_longer_than_the_limit_is_refused() {
+        let topics = Broadcaster::new(4);
+        let long = "t".repeat(MAX_TOPIC_LEN + 1);
+        let err = topics.subscribe(long, ConnectionId::new()).err().unwrap();
+        assert_eq!(err.status(), 400);
+        assert!(topics.lock().topics.is_empty());
+    }
+
+    // A smoke test: with removal and subscription under one lock it cannot
+    // fail; it is here to catch a change that splits them.
     #[test]
     fn a_topic_emptied_while_another_subscribes_keeps_the_newcomer() {
         // One thread subscribes and leaves, over and over, so the topic is
@@ -380,13 +452,13 @@ mod tests {
             let leaver = {
                 let (topics, barrier) = (topics.clone(), Arc::clone(&barrier));
                 thread::spawn(move || {
-                    let sub = topics.subscribe("t".into(), ConnectionId::new());
+                    let sub = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
                     barrier.wait();
                     drop(sub);
                 })
             };
             barrier.wait();
-            let newcomer = topics.subscribe("t".into(), ConnectionId::new());
+            let newcomer = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
             leaver.join().unwrap();
             assert_eq!(topics.publish("t", vec![]), 1, "the newcomer is reached");
             drop(newcomer);

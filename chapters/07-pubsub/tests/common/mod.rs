@@ -1,10 +1,14 @@
 //! TLS helpers for the integration tests. Certificates are generated when
 //! a test runs, so none is stored in the repository and none can expire.
 
-use std::sync::LazyLock;
+use std::{net::SocketAddr, sync::LazyLock};
 
 use kv::{DevCerts, TlsClientConnector, TlsServerAcceptor};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
 
 /// One set of certificates for every test in a test binary.
 pub static CERTS: LazyLock<DevCerts> =
@@ -54,4 +58,18 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
             state as u8
         })
         .collect()
+}
+
+/// A TCP proxy for one connection to `server`. Aborting the task it
+/// returns cuts that connection at once.
+#[allow(dead_code)]
+pub async fn proxy(server: SocketAddr) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut client, _) = listener.accept().await.unwrap();
+        let mut upstream = TcpStream::connect(server).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    (addr, task)
 }

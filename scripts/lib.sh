@@ -3,9 +3,10 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MDBOOK_VERSION=0.5.4
-# The full mdBook (build and serve), and one that can only build: it
-# compiles in about two thirds of the time, which the test command, run on
-# fresh machines, is glad of.
+# The full mdBook (build and serve), and one that can only build, compiled
+# without optimisations: it installs in 80 s instead of about 220 s, and
+# builds this book in 4 s instead of 1. The test command, run on fresh
+# machines, uses it unless the full one is there.
 MDBOOK="$ROOT/.tools/bin/mdbook"
 MDBOOK_BUILD_ONLY="$ROOT/.tools/build-only/bin/mdbook"
 
@@ -45,7 +46,7 @@ ensure_mdbook_build() {
         return
     fi
     if ! is_pinned "$MDBOOK_BUILD_ONLY"; then
-        install_mdbook "$ROOT/.tools/build-only" --no-default-features --features search
+        install_mdbook "$ROOT/.tools/build-only" --debug --no-default-features --features search
     fi
     MDBOOK_BUILD="$MDBOOK_BUILD_ONLY"
 }

@@ -68,6 +68,20 @@ async fn round_trips(client: Client, id: u64, len: usize) {
     }
 }
 
+/// Runs `round_trips` on `count` streams of `client` at once, with a
+/// deadline.
+async fn side_by_side(client: &Client, count: u64, len: usize) {
+    let streams: Vec<_> = (0..count)
+        .map(|id| tokio::spawn(round_trips(client.clone(), id, len)))
+        .collect();
+    within(60, async {
+        for stream in streams {
+            stream.await.unwrap();
+        }
+    })
+    .await;
+}
+
 /// Runs `work` with a deadline, so that a hang fails the test.
 async fn within<T>(seconds: u64, work: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(seconds), work)
@@ -83,15 +97,7 @@ async fn streams_run_side_by_side_over_a_tiny_pipe() {
     // are `Pending`. The values are larger than a stream's window, so
     // flow control has to work for them to get through.
     let (client, server) = over_pipe(64, config(16));
-    let streams: Vec<_> = (0..8)
-        .map(|id| tokio::spawn(round_trips(client.clone(), id, 300 << 10)))
-        .collect();
-    within(60, async {
-        for stream in streams {
-            stream.await.unwrap();
-        }
-    })
-    .await;
+    side_by_side(&client, 8, 300 << 10).await;
 
     // Once the client is gone, the server's end finishes, tasks and all.
     within(10, client.close()).await;
@@ -103,15 +109,7 @@ async fn streams_run_side_by_side_over_tls() {
     let addr = start_server(config(32)).await;
     let client = connect(addr).await;
     // Values larger than a TLS record (16 KiB) and than a stream's window.
-    let streams: Vec<_> = (0..16)
-        .map(|id| tokio::spawn(round_trips(client.clone(), id, 300 << 10)))
-        .collect();
-    within(60, async {
-        for stream in streams {
-            stream.await.unwrap();
-        }
-    })
-    .await;
+    side_by_side(&client, 16, 300 << 10).await;
     within(10, client.close()).await;
 }
 // ANCHOR_END: side_by_side
@@ -214,15 +212,7 @@ async fn a_stream_that_stops_reading_stalls_only_itself() {
     let writer = tokio::spawn(async move { stalled.write_all(&frames).await });
 
     // The other streams of the connection work as usual meanwhile.
-    let streams: Vec<_> = (0..3)
-        .map(|id| tokio::spawn(round_trips(client.clone(), id, 300 << 10)))
-        .collect();
-    within(60, async {
-        for stream in streams {
-            stream.await.unwrap();
-        }
-    })
-    .await;
+    side_by_side(&client, 3, 300 << 10).await;
     assert!(!writer.is_finished(), "16 MiB cannot fit in the windows");
 
     // Dropping the stuck stream resets it: the server's task sees the

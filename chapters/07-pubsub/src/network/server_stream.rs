@@ -108,6 +108,8 @@ where
                     // behind meanwhile, stop waiting: the subscription and
                     // its queue go now, and the reason is the last answer.
                     tokio::select! {
+                        // A send that can finish goes first.
+                        biased;
                         sent = self.inner.send(answer) => match sent {
                             Ok(()) => self.service.after_send(),
                             Err(err) => break Err(err),

@@ -280,10 +280,15 @@ impl Subscription {
         }
     }
 
-    /// Completes once the subscription has been ended for falling behind.
-    /// For a sender that waits on a client that does not read: it can
-    /// stop waiting, and free the queue.
+    /// Completes once the subscription has been ended for falling behind,
+    /// while its queue still holds messages. For a sender that waits on a
+    /// client that does not read: it can stop waiting, and free the queue.
+    /// Once `next` has returned the reason, there is nothing left to free,
+    /// and this never completes.
     pub async fn fell_behind(&self) {
+        if self.done {
+            return std::future::pending().await;
+        }
         self.ending.notify.notified().await;
     }
 
@@ -374,6 +379,26 @@ mod tests {
         assert!(slow.next().await.is_none());
         // Unsubscribing `fast` is not held up either.
         assert!(topics.unsubscribe("t", fast.id(), owner).is_ok());
+    }
+
+    #[tokio::test]
+    async fn falling_behind_is_signalled_until_the_reason_has_been_read() {
+        use futures::FutureExt;
+
+        let topics = Broadcaster::new(1);
+        let mut sub = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
+        assert!(sub.fell_behind().now_or_never().is_none(), "not yet");
+        topics.publish("t", vec![1i64.into()]);
+        topics.publish("t", vec![2i64.into()]); // the queue of one is full
+        assert!(
+            sub.fell_behind().now_or_never().is_some(),
+            "a sender may stop"
+        );
+        sub.next().await; // the id
+        assert_eq!(values(sub.next().await), [Value::from(1i64)]);
+        assert_eq!(sub.next().await.unwrap().status, 429);
+        // The reason is out: nothing is left to free, nothing to signal.
+        assert!(sub.fell_behind().now_or_never().is_none());
     }
 
     #[test]

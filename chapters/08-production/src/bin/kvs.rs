@@ -1,0 +1,348 @@
+// ANCHOR: imports
+//! kvs: the KV server.
+//!
+//! Settings come from a TOML file (--config), with flags on top; `kvs
+//! --print-config` prints the result as a file to start from. Logs go to
+//! stderr (RUST_LOG, or the file's log.filter, says which). Stdout gets
+//! `kvs metrics on ADDR` if there is a metrics endpoint, then `kvs
+//! listening on ADDR` once the server accepts connections (scripts and
+//! tests wait for it), and `kvs stopped after N answers` when it has shut
+//! down.
+//!
+//! Ctrl-C or SIGTERM shuts it down gracefully; a second one, at once.
+
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Context;
+use clap::Parser;
+use kv::{
+    DevCertPaths, DevCerts, KvsConfig, MemTable, RedbStore, ServerConfig, Service, Storage,
+    TlsServerAcceptor,
+    config::{self, LogFormat, default_max_connections},
+    serve, telemetry,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+// ANCHOR_END: imports
+
+// ANCHOR: args
+/// The KV server.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Read settings from this TOML file; the flags below override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Print the settings in effect as a configuration file, and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    /// The address to listen on; port 0 picks a free port.
+    #[arg(long)]
+    addr: Option<String>,
+
+    /// Keep the data in this database file (created if missing) instead of
+    /// in memory.
+    #[arg(long, value_name = "PATH")]
+    db: Option<PathBuf>,
+
+    /// How many connections may be open at once.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// How many streams a connection may have open at once.
+    #[arg(long, value_name = "N")]
+    max_streams: Option<usize>,
+
+    /// Serve Prometheus metrics over HTTP at this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+
+    /// The log format: text or json.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    log_format: Option<LogFormat>,
+
+    /// The server's certificate chain (PEM).
+    #[arg(long, value_name = "PATH", requires = "key")]
+    cert: Option<PathBuf>,
+
+    /// The server certificate's private key (PEM).
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "PATH")]
+    ca: Option<PathBuf>,
+}
+
+impl Args {
+    /// The configuration file, if any, with the flags given on top, and
+    /// the connection limit worked out if neither sets it.
+    fn config(&self) -> anyhow::Result<KvsConfig> {
+        let mut config = match &self.config {
+            Some(path) => config::load(path)?,
+            None => KvsConfig::default(),
+        };
+        let limits = &mut config.limits;
+        set(&mut config.listen, self.addr.clone());
+        set(&mut config.db, self.db.clone().map(Some));
+        set(&mut limits.max_connections, self.max_connections.map(Some));
+        set(&mut limits.max_streams, self.max_streams);
+        set(&mut config.metrics.listen, self.metrics.clone().map(Some));
+        set(&mut config.log.format, self.log_format);
+        set(&mut config.tls.ca, self.ca.clone().map(Some));
+        if self.cert.is_some() {
+            config.tls.cert.clone_from(&self.cert);
+            config.tls.key.clone_from(&self.key);
+        }
+        limits
+            .max_connections
+            .get_or_insert_with(default_max_connections);
+        config.check().with_context(|| match &self.config {
+            Some(path) => format!("bad settings in {} or the flags", path.display()),
+            None => "bad settings in the flags".into(),
+        })?;
+        Ok(config)
+    }
+}
+
+/// Overrides a setting with a flag that was given.
+fn set<T>(setting: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *setting = value;
+    }
+}
+
+fn parse_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("use text or json".into()),
+    }
+}
+// ANCHOR_END: args
+
+// ANCHOR: main
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = args.config()?;
+    if args.print_config {
+        print!("{}", config::to_toml(&config, "kvs configuration")?);
+        return Ok(());
+    }
+    init_logs(&config)?;
+
+    // Everything that can fail at start fails here, before anything runs.
+    let server = server_config(&config)?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    if let Some(addr) = &config.metrics.listen {
+        start_metrics(addr, server.shutdown.clone()).await?;
+    }
+    watch_signals(server.shutdown.clone())?;
+
+    match &config.db {
+        Some(path) => {
+            let store = RedbStore::open(path)
+                .with_context(|| format!("cannot open database {}", path.display()))?;
+            info!(path = %path.display(), "storing data in a database file");
+            run(listener, store, server, &config).await
+        }
+        None => {
+            info!("storing data in memory");
+            run(listener, MemTable::new(), server, &config).await
+        }
+    }
+}
+
+/// Serves until a signal, then shuts down gracefully. Generic, so each
+/// storage gets its own copy.
+async fn run<Store: Storage + 'static>(
+    listener: TcpListener,
+    store: Store,
+    server: ServerConfig,
+    config: &KvsConfig,
+) -> anyhow::Result<()> {
+    let answers = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&answers);
+    let service = Service::builder(store)
+        .max_answer(config.limits.max_frame)
+        .subscriber_queue(config.limits.subscriber_queue)
+        .on_after_send(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        })
+        .build();
+    let shutdown = server.shutdown.clone();
+    println!("kvs listening on {}", listener.local_addr()?);
+    let serving = serve(listener, service, server);
+    tokio::pin!(serving);
+    tokio::select! {
+        // Before a signal, `serve` returns only if it cannot start.
+        result = &mut serving => result?,
+        () = shutdown.cancelled() => {
+            match tokio::time::timeout(config.shutdown.grace, serving).await {
+                Ok(result) => result?,
+                Err(_) => warn!("grace period over: closing the connections left"),
+            }
+        }
+    }
+    // Returning drops the service and, with it, the store: redb closes its
+    // file cleanly.
+    println!(
+        "kvs stopped after {} answers",
+        answers.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+// ANCHOR_END: main
+
+// ANCHOR: signals
+/// The first Ctrl-C or SIGTERM cancels `shutdown`; a second one exits at
+/// once, for an operator who will not wait.
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    let mut terminate = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?
+    };
+    let mut signal = async move || {
+        #[cfg(unix)]
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.is_ok(),
+            received = terminate.recv() => received.is_some(),
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await.is_ok()
+    };
+    tokio::spawn(async move {
+        if signal().await {
+            info!("shutting down: finishing the requests in flight");
+            shutdown.cancel();
+        }
+        if signal().await {
+            eprintln!("kvs: second signal, exiting at once");
+            std::process::exit(1);
+        }
+    });
+    Ok(())
+}
+// ANCHOR_END: signals
+
+// ANCHOR: logs
+/// Logs to stderr, as text or JSON lines; RUST_LOG, if set, says which.
+fn init_logs(config: &KvsConfig) -> anyhow::Result<()> {
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(_) => EnvFilter::try_new(&config.log.filter)
+            .with_context(|| format!("log.filter: `{}` is not a filter", config.log.filter))?,
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line, with the fields of every span around
+        // the event.
+        LogFormat::Json => logs.json().with_span_list(true).init(),
+    }
+    Ok(())
+}
+// ANCHOR_END: logs
+
+// ANCHOR: metrics
+/// Installs the Prometheus recorder and serves it at `addr`.
+async fn start_metrics(addr: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::REQUEST_SECONDS.into()),
+            telemetry::REQUEST_BUCKETS,
+        )?
+        .install_recorder()?;
+    telemetry::describe();
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    println!("kvs metrics on {}", listener.local_addr()?);
+    // The recorder asks to be tidied now and then (its histograms).
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(telemetry::serve_metrics(
+        listener,
+        move || handle.render(),
+        shutdown,
+    ));
+    Ok(())
+}
+// ANCHOR_END: metrics
+
+// ANCHOR: server_config
+/// The server's settings from the configuration, with its TLS set up.
+fn server_config(config: &KvsConfig) -> anyhow::Result<ServerConfig> {
+    let limits = &config.limits;
+    let tls = tls_acceptor(config)?.handshake_timeout(limits.handshake_timeout);
+    let mut server = ServerConfig::new(tls);
+    server.max_frame = limits.max_frame;
+    server.max_streams = limits.max_streams;
+    server.connection_window = limits.connection_window;
+    server.max_connections = limits
+        .max_connections
+        .unwrap_or_else(default_max_connections);
+    server.frame_timeout = limits.frame_timeout;
+    server.idle_timeout = limits.idle_timeout;
+    server.write_timeout = limits.write_timeout;
+    server.check()?;
+    Ok(server)
+}
+
+/// The TLS setup the configuration asks for: the given certificate, or
+/// development certificates, generated if they do not exist yet.
+fn tls_acceptor(config: &KvsConfig) -> anyhow::Result<TlsServerAcceptor> {
+    let tls = &config.tls;
+    let client_ca = tls.ca.as_deref();
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        return Ok(TlsServerAcceptor::from_pem_files(cert, key, client_ca)?);
+    }
+
+    let paths = DevCertPaths::in_dir(&tls.dev_certs);
+    if !paths.exist() {
+        DevCerts::generate(&["localhost", "127.0.0.1"])?
+            .write_to(&tls.dev_certs)
+            .with_context(|| format!("cannot write to {}", tls.dev_certs.display()))?;
+        info!(dir = %tls.dev_certs.display(), "generated development certificates");
+    }
+    print_trust_hint(&tls.dev_certs);
+    Ok(TlsServerAcceptor::from_pem_files(
+        &paths.server_cert,
+        &paths.server_key,
+        client_ca,
+    )?)
+}
+
+/// Tells the user how a client can trust the development certificates.
+fn print_trust_hint(dir: &Path) {
+    let ca = DevCertPaths::in_dir(dir).ca_cert;
+    let ca = ca.canonicalize().unwrap_or(ca);
+    eprintln!("Using development certificates from {}.", dir.display());
+    eprintln!("kvc trusts them when run from this folder; from elsewhere, use:");
+    eprintln!("    kvc --ca {} ...", ca.display());
+}
+// ANCHOR_END: server_config

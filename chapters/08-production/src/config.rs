@@ -1,0 +1,439 @@
+// ANCHOR: imports
+//! The configuration files of `kvs` and `kvc`: TOML, every key optional.
+//!
+//! A key that is missing takes its default; a key we do not know is an
+//! error, so a misspelt setting is never silently ignored.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{
+    DEFAULT_CONNECTION_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS,
+    DEFAULT_SUBSCRIBER_QUEUE, KvError, MAX_SUBSCRIBER_QUEUE, network::yamux_config,
+};
+// ANCHOR_END: imports
+
+// ANCHOR: server
+/// Everything `kvs` can be told, as its configuration file holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvsConfig {
+    /// The address to listen on; port 0 picks a free port.
+    pub listen: String,
+    /// Keep the data in this database file (created if missing). Without
+    /// it, the data lives in memory and is gone when `kvs` stops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db: Option<PathBuf>,
+    pub tls: ServerTls,
+    pub limits: Limits,
+    pub shutdown: Shutdown,
+    pub log: Log,
+    pub metrics: Metrics,
+}
+
+/// The server's certificate, and the clients' CA for mutual TLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerTls {
+    /// The server's certificate chain (PEM). With `key`; without both,
+    /// development certificates from `dev_certs` are used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Where development certificates are kept (and generated on first
+    /// use) when `cert` is not given.
+    pub dev_certs: PathBuf,
+}
+
+/// What one client may make the server hold, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// How many connections may be open at once. Without it, the limit
+    /// follows from how many files the process may open (see
+    /// [`default_max_connections`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// How many streams a connection may have open at once.
+    pub max_streams: usize,
+    /// The largest request or answer, in bytes, before and after inflating.
+    pub max_frame: usize,
+    /// How many bytes a connection's streams may hold unread, together.
+    pub connection_window: usize,
+    /// How many messages may wait for a subscriber before it is dropped.
+    pub subscriber_queue: usize,
+    /// Seconds a client has to finish the TLS handshake.
+    #[serde(with = "seconds")]
+    pub handshake_timeout: Duration,
+    /// Seconds a frame may take to arrive, from its first byte to its last.
+    #[serde(with = "seconds")]
+    pub frame_timeout: Duration,
+    /// Seconds a stream may wait for its next request, and a connection
+    /// may stay without streams, before the server closes it.
+    #[serde(with = "seconds")]
+    pub idle_timeout: Duration,
+    /// Seconds an answer may wait for the client to read it.
+    #[serde(with = "seconds")]
+    pub write_timeout: Duration,
+}
+
+/// How `kvs` stops on Ctrl-C or SIGTERM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shutdown {
+    /// Seconds that requests in flight get to finish before `kvs` exits.
+    #[serde(with = "seconds")]
+    pub grace: Duration,
+}
+
+/// Where the logs go (always to stderr) and what they look like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// Which events to log, as in `RUST_LOG` (which wins when it is set).
+    pub filter: String,
+    /// `text` for people, `json` (one object per line) for log collectors.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Serve metrics over HTTP at this address (any path); port 0 picks a
+    /// free port. Without it, there is no endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+// ANCHOR_END: server
+
+// ANCHOR: defaults
+impl Default for KvsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9527".into(),
+            db: None,
+            tls: ServerTls::default(),
+            limits: Limits::default(),
+            shutdown: Shutdown::default(),
+            log: Log::default(),
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+impl Default for ServerTls {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            ca: None,
+            dev_certs: "dev-certs".into(),
+        }
+    }
+}
+
+/// How long a stream or connection may do nothing, unless told otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a frame may take to arrive, unless told otherwise.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an answer may wait for its reader, unless told otherwise.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for requests in flight, unless told otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_frame: DEFAULT_MAX_FRAME,
+            connection_window: DEFAULT_CONNECTION_WINDOW,
+            subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+        }
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+// ANCHOR_END: defaults
+
+// ANCHOR: load
+/// Reads a TOML configuration file. The error names the file, and what
+/// `toml` says: the line, the key and what is wrong with it.
+pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, KvError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| KvError::Config(format!("cannot read {}: {err}", path.display())))?;
+    toml::from_str(&text).map_err(|err| KvError::Config(format!("in {}: {err}", path.display())))
+}
+
+/// The configuration as a TOML file, ready to edit and load again.
+pub fn to_toml<T: Serialize>(config: &T, title: &str) -> Result<String, KvError> {
+    let body = toml::to_string(config).map_err(|err| KvError::Config(err.to_string()))?;
+    let mut text = String::new();
+    let _ = writeln!(text, "# {title}");
+    let _ = writeln!(text, "# Every key is optional; durations are in seconds.\n");
+    text.push_str(&body);
+    Ok(text)
+}
+// ANCHOR_END: load
+
+// ANCHOR: check
+impl KvsConfig {
+    /// Fails with the key and the reason if a value cannot work: `kvs`
+    /// checks everything before it starts anything.
+    pub fn check(&self) -> Result<(), KvError> {
+        let limits = &self.limits;
+        let bad = |key: &str, reason: String| Err(KvError::Config(format!("{key}: {reason}")));
+        if limits.max_connections == Some(0) {
+            return bad("limits.max_connections", "must be at least 1".into());
+        }
+        if let Err(KvError::Config(reason)) =
+            yamux_config(limits.max_streams, limits.connection_window)
+        {
+            return bad("limits.max_streams / limits.connection_window", reason);
+        }
+        if limits.max_frame == 0 {
+            return bad("limits.max_frame", "must be at least 1".into());
+        }
+        if !(1..=MAX_SUBSCRIBER_QUEUE).contains(&limits.subscriber_queue) {
+            let reason = format!("must be from 1 to {MAX_SUBSCRIBER_QUEUE}");
+            return bad("limits.subscriber_queue", reason);
+        }
+        let timeouts = [
+            ("limits.handshake_timeout", limits.handshake_timeout),
+            ("limits.frame_timeout", limits.frame_timeout),
+            ("limits.idle_timeout", limits.idle_timeout),
+            ("limits.write_timeout", limits.write_timeout),
+        ];
+        for (key, timeout) in timeouts {
+            if timeout.is_zero() {
+                return bad(key, "must be more than 0 seconds".into());
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert / tls.key", "give both or neither".into());
+        }
+        Ok(())
+    }
+}
+// ANCHOR_END: check
+
+// ANCHOR: max_connections
+/// The file descriptors kept for everything but client connections: the
+/// listener, the database, logs, the metrics endpoint, and connections
+/// being told that the server is full.
+pub const RESERVED_FDS: usize = 64;
+
+/// The connection limit when none is set: as many as the process may open
+/// files, less [`RESERVED_FDS`], like Redis's `maxclients`. Past it,
+/// `accept` would fail with "too many open files", and every new client
+/// would be locked out until some connection closes.
+pub fn default_max_connections() -> usize {
+    let max_files = open_file_limit().unwrap_or(1024);
+    max_files.saturating_sub(RESERVED_FDS).max(1)
+}
+
+/// The soft limit on open files (`ulimit -n`), if there is one.
+#[cfg(unix)]
+fn open_file_limit() -> Option<usize> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.current.and_then(|n| usize::try_from(n).ok())
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<usize> {
+    None
+}
+// ANCHOR_END: max_connections
+
+// ANCHOR: client
+/// Everything `kvc` can be told, as its configuration file holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvcConfig {
+    /// The server's address.
+    pub addr: String,
+    /// The name the server's certificate must carry.
+    pub domain: String,
+    /// The CA that signed the server's certificate (PEM).
+    pub ca: PathBuf,
+    /// Our own certificate chain (PEM), for a server that wants one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Seconds to connect and finish the TLS handshake.
+    #[serde(with = "seconds")]
+    pub connect_timeout: Duration,
+    /// Seconds to wait for an answer.
+    #[serde(with = "seconds")]
+    pub request_timeout: Duration,
+}
+
+impl Default for KvcConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:9527".into(),
+            domain: "localhost".into(),
+            ca: "dev-certs/ca.pem".into(),
+            cert: None,
+            key: None,
+            connect_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            request_timeout: DEFAULT_WRITE_TIMEOUT,
+        }
+    }
+}
+
+impl KvcConfig {
+    /// Like [`KvsConfig::check`].
+    pub fn check(&self) -> Result<(), KvError> {
+        let bad = |key: &str, reason: &str| Err(KvError::Config(format!("{key}: {reason}")));
+        if self.cert.is_some() != self.key.is_some() {
+            return bad("cert / key", "give both or neither");
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return bad("connect_timeout / request_timeout", "must be more than 0");
+        }
+        Ok(())
+    }
+}
+// ANCHOR_END: client
+
+// ANCHOR: seconds
+/// Durations as seconds in the file: `10`, or `0.25` for a quarter of one.
+mod seconds {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(duration: &Duration, to: S) -> Result<S::Ok, S::Error> {
+        to.serialize_f64(duration.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(from: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(from)?;
+        Duration::try_from_secs_f64(secs)
+            .map_err(|_| serde::de::Error::custom(format!("{secs} is not a number of seconds")))
+    }
+}
+// ANCHOR_END: seconds
+
+// ANCHOR: tests
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(
+            toml::from_str::<KvsConfig>("").unwrap(),
+            KvsConfig::default()
+        );
+        assert_eq!(
+            toml::from_str::<KvcConfig>("").unwrap(),
+            KvcConfig::default()
+        );
+    }
+
+    #[test]
+    fn the_printed_configuration_loads_back_the_same() {
+        let mut config = KvsConfig {
+            db: Some("data.redb".into()),
+            ..KvsConfig::default()
+        };
+        config.limits.max_connections = Some(500);
+        config.limits.frame_timeout = Duration::from_millis(250);
+        config.log.format = LogFormat::Json;
+        config.metrics.listen = Some("127.0.0.1:9100".into());
+        let text = to_toml(&config, "kvs").unwrap();
+        assert_eq!(toml::from_str::<KvsConfig>(&text).unwrap(), config);
+        let client = KvcConfig::default();
+        let text = to_toml(&client, "kvc").unwrap();
+        assert_eq!(toml::from_str::<KvcConfig>(&text).unwrap(), client);
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_that_names_it() {
+        let err = toml::from_str::<KvsConfig>("[limits]\nmax_stream = 5\n").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("max_stream"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_that_names_the_key() {
+        let cases = [
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            ("[limits]\nmax_streams = 0", "limits.max_streams"),
+            ("[limits]\nidle_timeout = 0", "limits.idle_timeout"),
+            ("[limits]\nsubscriber_queue = 0", "limits.subscriber_queue"),
+            ("[tls]\ncert = \"a.pem\"", "tls.cert / tls.key"),
+        ];
+        for (text, key) in cases {
+            let config: KvsConfig = toml::from_str(text).unwrap();
+            let err = config.check().unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = toml::from_str::<KvsConfig>("[limits]\nwrite_timeout = -1").unwrap_err();
+        assert!(
+            err.to_string().contains("-1 is not a number of seconds"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn loading_a_file_names_it_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvs.toml");
+        std::fs::write(&path, "listen = 9527\n").unwrap();
+        let err = load::<KvsConfig>(&path).unwrap_err().to_string();
+        assert!(err.contains("kvs.toml") && err.contains("listen"), "{err}");
+        let err = load::<KvsConfig>(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_default_connection_limit_leaves_room_below_the_file_limit() {
+        let max = default_max_connections();
+        assert!(max >= 1);
+        if let Some(files) = open_file_limit() {
+            assert!(max + RESERVED_FDS <= files.max(RESERVED_FDS + 1), "{max}");
+        }
+    }
+}
+// ANCHOR_END: tests

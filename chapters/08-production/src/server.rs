@@ -1,0 +1,350 @@
+//! The server: the accept loop, and the streams of each connection.
+
+use std::{future::poll_fn, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, BufWriter},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    task::{JoinError, JoinSet},
+    time::Instant,
+};
+use tokio_util::{
+    compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt},
+    sync::CancellationToken,
+    task::TaskTracker,
+};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
+use yamux::{Connection, Mode};
+
+use crate::{
+    ConnectionId, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, KvError,
+    MuxStream, ProstServerStream, Service, Storage, TlsServerAcceptor,
+    config::{
+        DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, default_max_connections,
+    },
+    network::yamux_config,
+    telemetry::{self, Metered, Open},
+};
+
+// ANCHOR: config
+/// How [`serve`] runs. Later chapters add fields here, not parameters to
+/// `serve`; [`ServerConfig::new`] gives each field but `tls` its default.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The largest request payload accepted, before and after inflating.
+    /// Give the service the same limit for its answers
+    /// ([`ServiceBuilder::max_answer`](crate::ServiceBuilder::max_answer)).
+    pub max_frame: usize,
+    /// How many streams a connection may have open at once. A stream past
+    /// the limit is answered with a 429 error and closed; the connection
+    /// goes on.
+    pub max_streams: usize,
+    /// How many bytes a connection's streams may have received and not yet
+    /// read, all together: yamux's connection receive window. At least
+    /// 512 KiB per stream in `max_streams`.
+    pub connection_window: usize,
+    /// How many connections may be open at once. One more is told that
+    /// the server is full, and closed; the others go on.
+    pub max_connections: usize,
+    /// How long a frame may take to arrive, once it has started.
+    pub frame_timeout: Duration,
+    /// How long a stream may wait for a request, and a connection may have
+    /// no stream open, before it is closed.
+    pub idle_timeout: Duration,
+    /// How long an answer may wait for the client to read it.
+    pub write_timeout: Duration,
+    /// The server's certificate and, for mutual TLS, the clients' CA. The
+    /// handshake's timeout is set here too.
+    pub tls: TlsServerAcceptor,
+    /// Cancel it (a clone of it) to shut the server down gracefully.
+    pub shutdown: CancellationToken,
+}
+
+impl ServerConfig {
+    pub fn new(tls: TlsServerAcceptor) -> Self {
+        Self {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_streams: DEFAULT_MAX_STREAMS,
+            connection_window: DEFAULT_CONNECTION_WINDOW,
+            max_connections: default_max_connections(),
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            tls,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Fails, saying why, if these settings cannot work. [`serve`] checks
+    /// too; this is for checking before anything else starts.
+    pub fn check(&self) -> Result<(), KvError> {
+        yamux_config(self.max_streams, self.connection_window)?;
+        if self.max_connections == 0 {
+            return Err(KvError::Config("at least one connection is needed".into()));
+        }
+        let timeouts = [self.frame_timeout, self.idle_timeout, self.write_timeout];
+        if timeouts.iter().any(Duration::is_zero) {
+            return Err(KvError::Config("a timeout of 0 would refuse all".into()));
+        }
+        Ok(())
+    }
+}
+// ANCHOR_END: config
+
+// ANCHOR: serve
+/// How many connections over the limit may be in the middle of being told
+/// so. Past this, an extra connection is closed without a word.
+const REFUSING: usize = 16;
+/// How long a connection over the limit gets, from its accept, to finish
+/// its handshake and hear why it is refused. Short, so that clients that
+/// stall cannot keep the refusing places.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Serves every connection that `listener` accepts, each in a task of its
+/// own, until `config.shutdown` is cancelled. Then it stops accepting, lets each
+/// connection finish the requests it has started, closes them, and
+/// returns once all are closed.
+///
+/// Connections are independent: one client's failed handshake, bad frame
+/// or sudden disconnect affects no one else.
+///
+/// Returns at once, with an error, if `config` cannot work.
+pub async fn serve<Store>(
+    listener: TcpListener,
+    service: Service<Store>,
+    config: ServerConfig,
+) -> Result<(), KvError>
+where
+    Store: Storage + 'static,
+{
+    config.check()?;
+    let config = Arc::new(config);
+    let places = Arc::new(Semaphore::new(config.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSING));
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = config.shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors, say. Wait a little rather than
+                // spin; the listener itself is still fine.
+                warn!(%err, "cannot accept a connection");
+                metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "accept")
+                    .increment(1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // A place among the connections served, or else among those being
+        // told that the server is full.
+        let (place, full) = match Arc::clone(&places).try_acquire_owned() {
+            Ok(place) => (place, false),
+            Err(_) => {
+                metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "full").increment(1);
+                match Arc::clone(&refusing).try_acquire_owned() {
+                    Ok(place) => (place, true),
+                    Err(_) => {
+                        warn!(%peer, "server full: closing a connection at once");
+                        continue;
+                    }
+                }
+            }
+        };
+        let span = info_span!("connection", %peer);
+        let task = connection(stream, peer, full, service.clone(), Arc::clone(&config));
+        let task = async move {
+            task.await;
+            drop(place);
+        };
+        connections.spawn(task.instrument(span));
+    }
+    // No new connections; the ones open end their streams and close.
+    drop(listener);
+    connections.close();
+    info!(open = connections.len(), "waiting for connections to close");
+    connections.wait().await;
+    Ok(())
+}
+
+/// One connection's task: the handshake, then its streams; or, when the
+/// server is `full`, the handshake and a 503 answer.
+async fn connection<Store: Storage + 'static>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    full: bool,
+    service: Service<Store>,
+    config: Arc<ServerConfig>,
+) {
+    info!("client connected");
+    metrics::counter!(telemetry::CONNECTIONS).increment(1);
+    let _open = Open::new(telemetry::CONNECTIONS_OPEN);
+    // yamux writes small frames (window updates, a header before its
+    // data): sent at once, not held back by Nagle's algorithm.
+    if let Err(err) = stream.set_nodelay(true) {
+        warn!(%peer, %err, "cannot set TCP_NODELAY");
+    }
+    // The handshake runs here, in the connection's own task, so a slow or
+    // broken client never holds up the accept loop.
+    let serving = async {
+        let stream = config.tls.accept(Metered::new(stream)).await?;
+        drive(stream, service, &config, full).await
+    };
+    let result = if full {
+        tokio::time::timeout(REFUSAL_TIME, serving)
+            .await
+            .unwrap_or_else(|_| Err(KvError::Timeout("refusing took too long".into())))
+    } else {
+        serving.await
+    };
+    match result {
+        Ok(()) => info!("client disconnected"),
+        Err(err) => warn!(%err, "connection closed on error"),
+    }
+}
+// ANCHOR_END: serve
+
+// ANCHOR: serve_connection
+/// Serves the streams that the client opens on one connection (`io`, after
+/// the TLS handshake), each in a task of its own, until the connection
+/// ends, stays idle too long, or `config.shutdown` is cancelled. Returns
+/// once every stream's task has finished.
+pub async fn serve_connection<S, Store>(
+    io: S,
+    service: Service<Store>,
+    config: &ServerConfig,
+) -> Result<(), KvError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Store: Storage + 'static,
+{
+    drive(io, service, config, false).await
+}
+
+/// The driver of one connection. On a `full` server, the connection gets
+/// only to hear so: its first stream is answered with a 503 error, and the
+/// connection closes.
+async fn drive<S, Store>(
+    io: S,
+    service: Service<Store>,
+    config: &ServerConfig,
+    full: bool,
+) -> Result<(), KvError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Store: Storage + 'static,
+{
+    let yamux = yamux_config(config.max_streams, config.connection_window)?;
+    // yamux writes a frame's header and its body separately. On TLS, each
+    // write would be a record and a system call of its own: the buffer
+    // makes them one.
+    let io = BufWriter::new(io).compat();
+    let mut connection = Connection::new(io, yamux, Mode::Server);
+    let places = Arc::new(Semaphore::new(config.max_streams));
+    // Every stream of this connection says it belongs to this connection:
+    // any of them may end the connection's subscriptions.
+    let id = ConnectionId::new();
+    let shutdown = &config.shutdown;
+    let mut tasks = JoinSet::new();
+    let idle_timeout = config.idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut refused_one = false;
+    // This loop is the connection's driver: every stream's data moves
+    // while it waits here for the next stream.
+    let result = loop {
+        // Done: shutting down, or the full server has said so, and no
+        // stream is left to finish.
+        if tasks.is_empty() && (shutdown.is_cancelled() || refused_one) {
+            break Ok(());
+        }
+        tokio::select! {
+            inbound = poll_fn(|cx| connection.poll_next_inbound(cx)) => {
+                let stream = match inbound {
+                    Some(Ok(stream)) => stream,
+                    Some(Err(err)) => break Err(KvError::from(err)),
+                    None => break Ok(()),
+                };
+                let span = debug_span!("stream", id = %stream.id());
+                let service = service.clone();
+                let refusal = if full {
+                    refused_one = true;
+                    Some(KvError::TooManyConnections { max: config.max_connections })
+                } else if shutdown.is_cancelled() {
+                    Some(KvError::ShuttingDown)
+                } else {
+                    None
+                };
+                let place = Arc::clone(&places).try_acquire_owned();
+                match (refusal, place) {
+                    (None, Ok(place)) => {
+                        let stream = MuxStream::new(stream, place, None);
+                        let stream = ProstServerStream::new(stream, service)
+                            .max_frame(config.max_frame)
+                            .connection(id)
+                            .shutdown(shutdown.clone())
+                            .read_timeouts(config.idle_timeout, config.frame_timeout)
+                            .write_timeout(config.write_timeout);
+                        tasks.spawn(log_end(stream.process()).instrument(span));
+                    }
+                    (refusal, _) => {
+                        let err = refusal.unwrap_or(KvError::TooManyStreams {
+                            max: config.max_streams,
+                        });
+                        let stream = ProstServerStream::new(stream.compat(), service)
+                            .write_timeout(config.write_timeout);
+                        tasks.spawn(log_end(stream.refuse(err)).instrument(span));
+                    }
+                }
+            }
+            Some(joined) = tasks.join_next() => {
+                log_panic(joined);
+                if tasks.is_empty() {
+                    idle.as_mut().reset(Instant::now() + idle_timeout);
+                }
+            }
+            () = &mut idle, if tasks.is_empty() => {
+                info!(after = ?idle_timeout, "closing an idle connection");
+                break Ok(());
+            }
+            () = shutdown.cancelled(), if tasks.is_empty() => {}
+        }
+    };
+    // The connection has ended, or no stream is left: the tasks see the
+    // end of their stream and finish.
+    while let Some(joined) = tasks.join_next().await {
+        log_panic(joined);
+    }
+    if result.is_ok() {
+        // Tell the client, and on TLS send close_notify: a clean end that
+        // it can tell apart from a cut connection.
+        let close = poll_fn(|cx| connection.poll_close(cx));
+        match tokio::time::timeout(config.write_timeout, close).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => debug!(%err, "cannot close the connection cleanly"),
+            Err(_) => debug!("the client did not take the connection's end"),
+        }
+    }
+    result
+}
+
+/// Logs a stream's task that panicked (a hook, say), instead of passing
+/// the panic on to the connection's task.
+fn log_panic(result: Result<(), JoinError>) {
+    if let Err(err) = result {
+        warn!(%err, "a stream's task failed");
+    }
+}
+
+/// Runs a stream's task and logs how it ended.
+async fn log_end(task: impl Future<Output = Result<(), KvError>>) {
+    let _open = Open::new(telemetry::STREAMS_OPEN);
+    if let Err(err) = task.await {
+        debug!(%err, "stream closed on error");
+    }
+}
+// ANCHOR_END: serve_connection

@@ -1,0 +1,298 @@
+// ANCHOR: imports
+//! What the server tells its operator: metrics through the `metrics`
+//! facade, and an HTTP endpoint that serves them to Prometheus.
+//!
+//! The `metrics` macros do nothing until a recorder is installed (`kvs`
+//! installs the Prometheus one), so the library and its tests pay nothing
+//! for them. Labels are only ever a command's name or a status: never a
+//! table, key or value, which are the users' data.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use metrics::{Counter, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{CommandRequest, RequestData};
+// ANCHOR_END: imports
+
+// ANCHOR: names
+pub const CONNECTIONS: &str = "kv_connections_total";
+pub const CONNECTIONS_OPEN: &str = "kv_connections_open";
+pub const CONNECTIONS_REJECTED: &str = "kv_connections_rejected_total";
+pub const STREAMS_OPEN: &str = "kv_streams_open";
+pub const REQUESTS: &str = "kv_requests_total";
+pub const REQUEST_SECONDS: &str = "kv_request_duration_seconds";
+pub const BYTES_RECEIVED: &str = "kv_received_bytes_total";
+pub const BYTES_SENT: &str = "kv_sent_bytes_total";
+
+/// The buckets of the latency histogram, in seconds: 25 µs to 1 s.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
+];
+
+/// Gives each metric its help text, for a recorder that shows it.
+pub fn describe() {
+    describe_counter!(CONNECTIONS, "Connections accepted and served.");
+    describe_gauge!(CONNECTIONS_OPEN, "Connections open now.");
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connections turned away, by reason: full, or out of file descriptors."
+    );
+    describe_gauge!(STREAMS_OPEN, "Streams open now, on all connections.");
+    describe_counter!(REQUESTS, "Requests answered, by command and status.");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to run a request, by command."
+    );
+    describe_counter!(
+        BYTES_RECEIVED,
+        metrics::Unit::Bytes,
+        "Bytes read from clients."
+    );
+    describe_counter!(
+        BYTES_SENT,
+        metrics::Unit::Bytes,
+        "Bytes written to clients."
+    );
+}
+// ANCHOR_END: names
+
+// ANCHOR: request
+/// A request's command, for logs and metrics: the name alone, no data.
+pub fn command_name(request: &CommandRequest) -> &'static str {
+    match &request.request_data {
+        Some(RequestData::Hget(_)) => "hget",
+        Some(RequestData::Hgetall(_)) => "hgetall",
+        Some(RequestData::Hmget(_)) => "hmget",
+        Some(RequestData::Hset(_)) => "hset",
+        Some(RequestData::Hmset(_)) => "hmset",
+        Some(RequestData::Hdel(_)) => "hdel",
+        Some(RequestData::Hmdel(_)) => "hmdel",
+        Some(RequestData::Hexist(_)) => "hexist",
+        Some(RequestData::Hmexist(_)) => "hmexist",
+        Some(RequestData::Subscribe(_)) => "subscribe",
+        Some(RequestData::Unsubscribe(_)) => "unsubscribe",
+        Some(RequestData::Publish(_)) => "publish",
+        None => "none",
+    }
+}
+
+/// Counts a request and records its time.
+pub fn request_done(command: &'static str, status: u32, elapsed: Duration) {
+    counter!(REQUESTS, "command" => command, "status" => status_label(status)).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "command" => command).record(elapsed.as_secs_f64());
+}
+
+/// A status as a label. The set is fixed, so a metric cannot grow without
+/// bound whatever the statuses.
+fn status_label(status: u32) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        404 => "404",
+        408 => "408",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
+// ANCHOR_END: request
+
+// ANCHOR: open
+/// Adds one to a gauge while it lives: an open connection or stream.
+pub struct Open(&'static str);
+
+impl Open {
+    pub fn new(gauge: &'static str) -> Self {
+        gauge!(gauge).increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        gauge!(self.0).decrement(1.0);
+    }
+}
+// ANCHOR_END: open
+
+// ANCHOR: metered
+/// A connection that counts the bytes it reads and writes, as they cross
+/// the network (encrypted, with all headers).
+pub struct Metered<S> {
+    inner: S,
+    received: Counter,
+    sent: Counter,
+}
+
+impl<S> Metered<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            received: counter!(BYTES_RECEIVED),
+            sent: counter!(BYTES_SENT),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        self.received
+            .increment((buf.filled().len() - before) as u64);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.sent.increment(n as u64);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+// ANCHOR_END: metered
+
+// ANCHOR: endpoint
+/// How many scrapes may be served at once; more wait to be accepted.
+const SCRAPERS: usize = 4;
+/// The most of a request that is read: its path and headers are ignored.
+const MAX_REQUEST_HEAD: u64 = 8 * 1024;
+/// How long a scrape may take, from accept to the last byte.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers every HTTP request on `listener` with `render()`, Prometheus's
+/// text format, until `shutdown` is cancelled.
+///
+/// Prometheus sends a plain GET and reads the answer, so this is all of
+/// HTTP the endpoint needs. It reads at most a few kilobytes, for at most
+/// a few seconds, from at most a few clients at a time: the endpoint must
+/// not become a way to exhaust the server.
+pub async fn serve_metrics<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
+    let places = Arc::new(Semaphore::new(SCRAPERS));
+    loop {
+        let place = tokio::select! {
+            place = Arc::clone(&places).acquire_owned() => place,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok(place) = place else { return };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                warn!(%err, "metrics endpoint cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let render = Arc::clone(&render);
+        tokio::spawn(async move {
+            let answered = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &*render)).await;
+            if !matches!(answered, Ok(Ok(()))) {
+                debug!("a metrics request failed or timed out");
+            }
+            drop(place);
+        });
+    }
+}
+
+/// Reads one request head, then writes the metrics and closes.
+async fn answer(mut stream: TcpStream, render: &(dyn Fn() -> String + Sync)) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut reader = (&mut stream).take(MAX_REQUEST_HEAD);
+    while !head.windows(4).any(|line_end| line_end == b"\r\n\r\n") {
+        if reader.read_buf(&mut head).await? == 0 {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+    }
+    let body = render();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+// ANCHOR_END: endpoint
+
+// ANCHOR: endpoint_test
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_endpoint_answers_a_get_and_ignores_a_flood() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_metrics(
+            listener,
+            || "kv_requests_total 3\n".to_owned(),
+            shutdown.clone(),
+        ));
+
+        // A client that sends far more than a request head: cut off.
+        let mut flood = TcpStream::connect(addr).await.unwrap();
+        let junk = vec![b'x'; 64 * 1024];
+        let _ = flood.write_all(&junk).await;
+        let mut rest = Vec::new();
+        let _ = flood.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "no answer to a head that never ends");
+
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\nkv_requests_total 3\n"), "{reply}");
+
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+}
+// ANCHOR_END: endpoint_test

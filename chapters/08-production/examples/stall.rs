@@ -35,8 +35,8 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     connections: usize,
 
-    /// Finish the TLS handshake first, then stall inside it: two bytes of
-    /// a yamux header.
+    /// Finish the TLS handshake first, then send two bytes of a yamux
+    /// header and stall there (else stall in the handshake).
     #[arg(long)]
     after_handshake: bool,
 
@@ -61,8 +61,9 @@ async fn main() -> anyhow::Result<()> {
             let Ok(mut tls) = tls.connect(tcp).await else {
                 break;
             };
-            tls.write_all(&[0, 0]).await?;
-            tls.flush().await?;
+            if tls.write_all(&[0, 0]).await.is_err() || tls.flush().await.is_err() {
+                break;
+            }
             tokio::spawn(async move {
                 // Whatever the server sends (yamux pings), until it closes.
                 while let Ok(1..) = tls.read(&mut [0; 1024]).await {}
@@ -71,7 +72,9 @@ async fn main() -> anyhow::Result<()> {
         } else {
             // The first two bytes of a TLS record, then nothing.
             let mut tcp = tcp;
-            tcp.write_all(&[0x16, 0x03]).await?;
+            if tcp.write_all(&[0x16, 0x03]).await.is_err() {
+                break;
+            }
             tokio::spawn(async move {
                 let _ = tcp.read(&mut [0; 1024]).await;
                 let _ = closed.send(());

@@ -75,7 +75,8 @@ pub struct Limits {
     /// Seconds a client has to finish the TLS handshake.
     #[serde(with = "seconds")]
     pub handshake_timeout: Duration,
-    /// Seconds a frame may take to arrive, from its first byte to its last.
+    /// Seconds a frame may take to arrive, from when the server first
+    /// waits for its rest. A 16 MiB frame in 30 s needs about 560 kB/s.
     #[serde(with = "seconds")]
     pub frame_timeout: Duration,
     /// Seconds a stream may wait for its next request, and a connection
@@ -158,6 +159,9 @@ pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shutdown waits for requests in flight, unless told otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// The longest timeout accepted: a year. Much longer, and adding it to
+/// the time now would overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -220,8 +224,11 @@ impl KvsConfig {
     pub fn check(&self) -> Result<(), KvError> {
         let limits = &self.limits;
         let bad = |key: &str, reason: String| Err(KvError::Config(format!("{key}: {reason}")));
-        if limits.max_connections == Some(0) {
-            return bad("limits.max_connections", "must be at least 1".into());
+        if let Some(max) = limits.max_connections
+            && !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&max)
+        {
+            let reason = format!("must be from 1 to {}", tokio::sync::Semaphore::MAX_PERMITS);
+            return bad("limits.max_connections", reason);
         }
         if let Err(KvError::Config(reason)) =
             yamux_config(limits.max_streams, limits.connection_window)
@@ -240,10 +247,11 @@ impl KvsConfig {
             ("limits.frame_timeout", limits.frame_timeout),
             ("limits.idle_timeout", limits.idle_timeout),
             ("limits.write_timeout", limits.write_timeout),
+            ("shutdown.grace", self.shutdown.grace),
         ];
         for (key, timeout) in timeouts {
-            if timeout.is_zero() {
-                return bad(key, "must be more than 0 seconds".into());
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                return bad(key, "must be more than 0 seconds and at most a year".into());
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
@@ -328,8 +336,11 @@ impl KvcConfig {
         if self.cert.is_some() != self.key.is_some() {
             return bad("cert / key", "give both or neither");
         }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
-            return bad("connect_timeout / request_timeout", "must be more than 0");
+        for timeout in [self.connect_timeout, self.request_timeout] {
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                let reason = "must be more than 0 seconds and at most a year";
+                return bad("connect_timeout / request_timeout", reason);
+            }
         }
         Ok(())
     }
@@ -401,6 +412,7 @@ mod tests {
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
             ("[limits]\nmax_streams = 0", "limits.max_streams"),
             ("[limits]\nidle_timeout = 0", "limits.idle_timeout"),
+            ("[limits]\nidle_timeout = 1e19", "limits.idle_timeout"),
             ("[limits]\nsubscriber_queue = 0", "limits.subscriber_queue"),
             ("[tls]\ncert = \"a.pem\"", "tls.cert / tls.key"),
         ];

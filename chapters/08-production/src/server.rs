@@ -21,9 +21,10 @@ use crate::{
     ConnectionId, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, KvError,
     MuxStream, ProstServerStream, Service, Storage, TlsServerAcceptor,
     config::{
-        DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, default_max_connections,
+        DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, MAX_TIMEOUT,
+        default_max_connections,
     },
-    network::yamux_config,
+    network::{Lingering, linger, yamux_config},
     telemetry::{self, Metered, Open},
 };
 
@@ -80,12 +81,17 @@ impl ServerConfig {
     /// too; this is for checking before anything else starts.
     pub fn check(&self) -> Result<(), KvError> {
         yamux_config(self.max_streams, self.connection_window)?;
-        if self.max_connections == 0 {
-            return Err(KvError::Config("at least one connection is needed".into()));
+        if !(1..=Semaphore::MAX_PERMITS).contains(&self.max_connections) {
+            return Err(KvError::Config(format!(
+                "the connection limit must be from 1 to {}",
+                Semaphore::MAX_PERMITS
+            )));
         }
         let timeouts = [self.frame_timeout, self.idle_timeout, self.write_timeout];
-        if timeouts.iter().any(Duration::is_zero) {
-            return Err(KvError::Config("a timeout of 0 would refuse all".into()));
+        if !timeouts.iter().all(|t| !t.is_zero() && *t <= MAX_TIMEOUT) {
+            return Err(KvError::Config(
+                "a timeout must be more than 0 and at most a year".into(),
+            ));
         }
         Ok(())
     }
@@ -149,7 +155,9 @@ where
                 match Arc::clone(&refusing).try_acquire_owned() {
                     Ok(place) => (place, true),
                     Err(_) => {
-                        warn!(%peer, "server full: closing a connection at once");
+                        // A peer decides how often this happens: not a
+                        // warning each time, but a count (above).
+                        debug!(%peer, "server full: closing a connection at once");
                         continue;
                     }
                 }
@@ -181,8 +189,10 @@ async fn connection<Store: Storage + 'static>(
     config: Arc<ServerConfig>,
 ) {
     info!("client connected");
-    metrics::counter!(telemetry::CONNECTIONS).increment(1);
-    let _open = Open::new(telemetry::CONNECTIONS_OPEN);
+    let _open = (!full).then(|| {
+        metrics::counter!(telemetry::CONNECTIONS).increment(1);
+        Open::new(telemetry::CONNECTIONS_OPEN)
+    });
     // yamux writes small frames (window updates, a header before its
     // data): sent at once, not held back by Nagle's algorithm.
     if let Err(err) = stream.set_nodelay(true) {
@@ -190,8 +200,18 @@ async fn connection<Store: Storage + 'static>(
     }
     // The handshake runs here, in the connection's own task, so a slow or
     // broken client never holds up the accept loop.
+    let mut tcp = Metered::new(stream);
     let serving = async {
-        let stream = config.tls.accept(Metered::new(stream)).await?;
+        // A shutdown does not wait for a handshake: the client has asked
+        // for nothing yet. (`select!` drops the handshake before it runs
+        // the branch, which can then use `tcp` again.)
+        let stream = tokio::select! {
+            stream = config.tls.accept(&mut tcp) => stream?,
+            () = config.shutdown.cancelled() => {
+                linger(&mut tcp).await;
+                return Ok(());
+            }
+        };
         drive(stream, service, &config, full).await
     };
     let result = if full {
@@ -201,9 +221,11 @@ async fn connection<Store: Storage + 'static>(
     } else {
         serving.await
     };
+    // Failures are the clients' more often than the server's, and a peer
+    // decides how many there are: `info`, not `warn`.
     match result {
         Ok(()) => info!("client disconnected"),
-        Err(err) => warn!(%err, "connection closed on error"),
+        Err(err) => info!(%err, "connection closed on error"),
     }
 }
 // ANCHOR_END: serve
@@ -241,8 +263,9 @@ where
     let yamux = yamux_config(config.max_streams, config.connection_window)?;
     // yamux writes a frame's header and its body separately. On TLS, each
     // write would be a record and a system call of its own: the buffer
-    // makes them one.
-    let io = BufWriter::new(io).compat();
+    // makes them one. When yamux closes the connection, `Lingering` keeps
+    // the close from turning into a reset (see `linger`).
+    let io = BufWriter::new(Lingering::new(io)).compat();
     let mut connection = Connection::new(io, yamux, Mode::Server);
     let places = Arc::new(Semaphore::new(config.max_streams));
     // Every stream of this connection says it belongs to this connection:

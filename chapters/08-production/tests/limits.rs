@@ -11,10 +11,9 @@ use std::{
 };
 
 use common::{CERTS, acceptor, connector, random_bytes};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use kv::{
-    Client, CommandRequest, CommandResponse, MemTable, ProstClientStream, ServerConfig, Service,
-    serve,
+    Client, CommandRequest, CommandResponse, MemTable, ProstStream, ServerConfig, Service, serve,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -59,13 +58,21 @@ async fn hget(client: &Client) -> CommandResponse {
 }
 
 /// Waits for `read` to see the end of what the server sends, and returns
-/// how long that took.
-async fn time_until_end<F: Future>(read: F) -> (F::Output, Duration) {
-    let start = Instant::now();
+/// how long it has been since `start`, taken before the server's clock
+/// could start.
+async fn time_until_end<F: Future>(start: Instant, read: F) -> (F::Output, Duration) {
     let output = tokio::time::timeout(DEADLINE, read)
         .await
         .expect("the server acted in time");
     (output, start.elapsed())
+}
+
+/// The next answer on a stream of frames, if any.
+async fn answer<S>(frames: &mut ProstStream<S, CommandResponse, CommandRequest>) -> Option<u32>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    Some(frames.next().await?.ok()?.status)
 }
 // ANCHOR_END: helpers
 
@@ -109,12 +116,15 @@ async fn a_frame_that_stalls_is_cut_and_the_connection_goes_on() {
     let (addr, _, _) = start(|config| config.frame_timeout = SHORT).await;
     let client = connect(addr).await;
     let mut stream = client.open().await.unwrap();
+    let start = Instant::now();
     // Two bytes of a frame's four-byte header, then nothing.
     stream.write_all(&[0, 0]).await.unwrap();
     stream.flush().await.unwrap();
-    let (read, waited) = time_until_end(stream.read(&mut [0; 64])).await;
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let mut frames = ProstStream::new(stream);
+    let (status, waited) = time_until_end(start, answer(&mut frames)).await;
+    assert_eq!(status, Some(408), "told why");
     assert!(waited >= SHORT, "{waited:?}");
+    assert_eq!(answer(&mut frames).await, None, "then the end");
     assert_eq!(hget(&client).await.status, 404, "other streams go on");
 }
 
@@ -122,28 +132,26 @@ async fn a_frame_that_stalls_is_cut_and_the_connection_goes_on() {
 async fn an_idle_stream_then_its_idle_connection_are_closed() {
     let (addr, _, _) = start(|config| config.idle_timeout = SHORT).await;
     let client = connect(addr).await;
-    let mut stream = client.open().await.unwrap();
-    // yamux opens the stream with its first frame: one request, then
-    // nothing more.
-    let mut frames = ProstClientStream::new(&mut stream);
-    assert_eq!(
-        frames
-            .execute(CommandRequest::new_hget("t", "k"))
-            .await
-            .unwrap()
-            .status,
-        404
-    );
-    let (read, waited) = time_until_end(stream.read(&mut [0; 64])).await;
-    assert!(matches!(read, Ok(0)), "{read:?}");
+    let start = Instant::now();
+    let mut frames = ProstStream::new(client.open().await.unwrap());
+    frames
+        .send(CommandRequest::new_hget("t", "k"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut frames).await, Some(404));
+    // Then nothing: the stream is told, and closed.
+    let (status, waited) = time_until_end(start, answer(&mut frames)).await;
+    assert_eq!(status, Some(408));
     assert!(waited >= SHORT, "{waited:?}");
+    assert_eq!(answer(&mut frames).await, None);
 
     // A connection with no stream at all: closed cleanly, with
     // close_notify, which reads as a clean end rather than an error.
+    let start = Instant::now();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut tls = connector(&CERTS, false).connect(tcp).await.unwrap();
     let mut rest = Vec::new();
-    let (read, waited) = time_until_end(tls.read_to_end(&mut rest)).await;
+    let (read, waited) = time_until_end(start, tls.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "{read:?}");
     assert!(waited >= SHORT, "{waited:?}");
 }
@@ -154,9 +162,10 @@ async fn a_handshake_that_stalls_is_cut() {
         config.tls = acceptor(&CERTS, false).handshake_timeout(SHORT);
     })
     .await;
+    let start = Instant::now();
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&[0x16, 0x03]).await.unwrap();
-    let (read, waited) = time_until_end(tcp.read(&mut [0; 64])).await;
+    let (read, waited) = time_until_end(start, tcp.read(&mut [0; 64])).await;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(waited >= SHORT, "{waited:?}");
 }
@@ -195,9 +204,9 @@ async fn a_client_that_never_reads_its_answers_loses_its_stream() {
     tokio::time::timeout(DEADLINE, served)
         .await
         .expect("served");
-    let mut frames = kv::ProstStream::<_, CommandResponse, CommandRequest>::new(stream);
+    let mut frames = ProstStream::new(stream);
     let mut answers = 0;
-    while let Some(Ok(_)) = frames.next().await {
+    while answer(&mut frames).await.is_some() {
         answers += 1;
     }
     assert!(answers < 20, "{answers} answers: the server gave up");
@@ -212,6 +221,11 @@ async fn a_shutdown_ends_subscriptions_with_a_last_answer_and_closes_cleanly() {
     let mut subscriber = client.subscribe("news").await.unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut idle = connector(&CERTS, false).connect(tcp).await.unwrap();
+    // yamux's first ping says that the server has finished its side of
+    // the handshake too (a connection still in its handshake is simply
+    // closed).
+    let mut ping = [0; 12];
+    idle.read_exact(&mut ping).await.unwrap();
 
     config.shutdown.cancel();
     let last = tokio::time::timeout(DEADLINE, subscriber.next())
@@ -224,8 +238,10 @@ async fn a_shutdown_ends_subscriptions_with_a_last_answer_and_closes_cleanly() {
 
     // Every connection is closed with close_notify: a clean end.
     let mut rest = Vec::new();
-    let (read, _) = time_until_end(idle.read_to_end(&mut rest)).await;
+    let (read, _) = time_until_end(Instant::now(), idle.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "{read:?}");
+    // The server lingers until its clients have closed too.
+    drop((idle, subscriber, client));
     // `serve` returns once all are closed, and no one else gets in.
     tokio::time::timeout(DEADLINE, server)
         .await

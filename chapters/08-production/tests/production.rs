@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader, Lines},
     net::SocketAddr,
     path::Path,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -76,6 +76,18 @@ async fn connect(dir: &Path, addr: SocketAddr) -> Client {
     Client::new(tls.connect(tcp).await.unwrap())
 }
 
+/// Waits for the process to exit, for at most 20 seconds.
+fn wait(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "kvs did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Sends `signal` (TERM, INT) to the process.
 fn kill(child: &Child, signal: &str) {
     let pid = child.id().to_string();
@@ -117,9 +129,14 @@ async fn sigterm_under_load_loses_no_answer_and_exits_0() {
         }));
     }
     // SIGTERM in the middle of the load.
-    while received.load(Ordering::Relaxed) < 400 {
-        tokio::task::yield_now().await;
-    }
+    let load = async {
+        while received.load(Ordering::Relaxed) < 400 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), load)
+        .await
+        .expect("the load runs");
     let signalled = Instant::now();
     kill(&kvs.child, "-TERM");
     let mut acknowledged = Vec::new();
@@ -183,7 +200,7 @@ async fn metrics_and_logs_show_the_traffic_but_no_data() {
 
     client.close().await;
     kill(&kvs.child, "-INT");
-    let status = tokio::task::block_in_place(|| kvs.child.wait()).unwrap();
+    let status = tokio::task::block_in_place(|| wait(&mut kvs.child));
     assert!(status.success(), "{status}");
     let logs = std::fs::read_to_string(dir.path().join("kvs.log")).unwrap();
     let json: Vec<_> = logs.lines().filter(|line| line.starts_with('{')).collect();

@@ -312,29 +312,36 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot connect to {addr}: timed out"))??;
     let client = Client::new(stream);
     if let Some(RequestData::Subscribe(sub)) = request.request_data {
-        return subscribe(&client, sub.topic).await;
+        return subscribe(&client, sub.topic, config.request_timeout).await;
     }
     let response = tokio::time::timeout(config.request_timeout, client.execute(request))
         .await
         .with_context(|| format!("no response from {addr}: timed out"))?
         .with_context(|| format!("no response from {addr}"))?;
-    // Only a courtesy to the server: the response is already here.
-    client.close().await;
-
-    if !response.is_ok() {
+    let code = if response.is_ok() {
+        println!("{}", format_response(&response, shape));
+        ExitCode::SUCCESS
+    } else {
         eprintln!("error {}: {}", response.status, response.message);
-        return Ok(ExitCode::FAILURE);
-    }
-    println!("{}", format_response(&response, shape));
-    Ok(ExitCode::SUCCESS)
+        ExitCode::FAILURE
+    };
+    // Only a courtesy to the server, so not worth a long wait.
+    let _ = tokio::time::timeout(config.request_timeout, client.close()).await;
+    Ok(code)
 }
 // ANCHOR_END: main
 
 // ANCHOR: subscribe
 /// Prints each message published to `topic` until Ctrl-C; then
-/// unsubscribes, prints what was already on its way, and returns.
-async fn subscribe(client: &Client, topic: String) -> anyhow::Result<ExitCode> {
-    let mut messages = client.subscribe(&topic).await?;
+/// unsubscribes, prints what was already on its way, and returns. Asking
+/// (to subscribe, to unsubscribe) waits at most `timeout`.
+async fn subscribe(
+    client: &Client,
+    topic: String,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let subscribing = tokio::time::timeout(timeout, client.subscribe(&topic));
+    let mut messages = subscribing.await.context("cannot subscribe: timed out")??;
     let id = messages.id();
     eprintln!("subscribed to {topic} as {id}; Ctrl-C to stop");
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
@@ -359,7 +366,10 @@ async fn subscribe(client: &Client, topic: String) -> anyhow::Result<ExitCode> {
                 stopping = true;
                 // On another stream of the same connection: only this
                 // connection may end the subscription.
-                let res = client.execute(CommandRequest::new_unsubscribe(&topic, id)).await?;
+                let unsubscribe = client.execute(CommandRequest::new_unsubscribe(&topic, id));
+                let res = tokio::time::timeout(timeout, unsubscribe)
+                    .await
+                    .context("cannot unsubscribe: timed out")??;
                 if !res.is_ok() {
                     bail!("cannot unsubscribe: error {}: {}", res.status, res.message);
                 }

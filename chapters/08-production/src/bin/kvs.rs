@@ -134,8 +134,7 @@ fn parse_format(text: &str) -> Result<LogFormat, String> {
 // ANCHOR_END: args
 
 // ANCHOR: main
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = args.config()?;
     if args.print_config {
@@ -143,9 +142,27 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logs(&config)?;
+    // The runtime is built by hand, rather than by `#[tokio::main]`, to
+    // drop it at a time of our choosing: see below.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let answers = Arc::new(AtomicU64::new(0));
+    runtime.block_on(start(&config, Arc::clone(&answers)))?;
+    // Dropping the runtime drops every task still running, which only
+    // happens when the grace period ran out; with them go the last clones
+    // of the service, and redb closes its file. (A job on a blocking
+    // thread finishes first.)
+    drop(runtime);
+    println!(
+        "kvs stopped after {} answers",
+        answers.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
 
-    // Everything that can fail at start fails here, before anything runs.
-    let server = server_config(&config)?;
+/// Everything that can fail at start fails here, before anything runs;
+/// then serves until a signal, and shuts down.
+async fn start(config: &KvsConfig, answers: Arc<AtomicU64>) -> anyhow::Result<()> {
+    let server = server_config(config)?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -159,30 +176,29 @@ async fn main() -> anyhow::Result<()> {
             let store = RedbStore::open(path)
                 .with_context(|| format!("cannot open database {}", path.display()))?;
             info!(path = %path.display(), "storing data in a database file");
-            run(listener, store, server, &config).await
+            run(listener, store, server, config, answers).await
         }
         None => {
             info!("storing data in memory");
-            run(listener, MemTable::new(), server, &config).await
+            run(listener, MemTable::new(), server, config, answers).await
         }
     }
 }
 
-/// Serves until a signal, then shuts down gracefully. Generic, so each
-/// storage gets its own copy.
+/// Serves until a signal, then shuts down gracefully, within the grace
+/// period. Generic, so each storage gets its own copy.
 async fn run<Store: Storage + 'static>(
     listener: TcpListener,
     store: Store,
     server: ServerConfig,
     config: &KvsConfig,
+    answers: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let answers = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&answers);
     let service = Service::builder(store)
         .max_answer(config.limits.max_frame)
         .subscriber_queue(config.limits.subscriber_queue)
         .on_after_send(move || {
-            counted.fetch_add(1, Ordering::Relaxed);
+            answers.fetch_add(1, Ordering::Relaxed);
         })
         .build();
     let shutdown = server.shutdown.clone();
@@ -199,12 +215,6 @@ async fn run<Store: Storage + 'static>(
             }
         }
     }
-    // Returning drops the service and, with it, the store: redb closes its
-    // file cleanly.
-    println!(
-        "kvs stopped after {} answers",
-        answers.load(Ordering::Relaxed)
-    );
     Ok(())
 }
 // ANCHOR_END: main

@@ -17,7 +17,7 @@ pub use frame::{
     COMPRESSION_LIMIT, DEFAULT_MAX_FRAME, ENTRY_COST, FrameCoder, HEADER_LEN, INLINE_LIMIT,
     MAX_WIRE_LEN, max_entries,
 };
-pub(crate) use linger::linger;
+pub(crate) use linger::{Lingering, linger};
 pub(crate) use multiplex::yamux_config;
 pub use multiplex::{
     Client, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, MuxStream, STREAM_WINDOW, Subscriber,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt, stream::FusedStream};
+use futures::{FutureExt, SinkExt, StreamExt, stream::FusedStream};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -86,7 +86,10 @@ where
             let request = tokio::select! {
                 // Between requests, a shutdown goes first.
                 biased;
-                () = self.shutdown.cancelled() => break,
+                () = self.shutdown.cancelled() => {
+                    self.turn_away().await?;
+                    break;
+                }
                 request = self.inner.next() => request,
             };
             let Some(request) = request else { break };
@@ -102,6 +105,12 @@ where
                     linger(self.inner.inner_mut()).await;
                     return Err(err);
                 }
+                // Too slow: say so, then end the stream.
+                Err(err @ KvError::Timeout(_)) => {
+                    self.send(self.service.refuse(&err)).await?;
+                    self.close().await?;
+                    return Err(err);
+                }
                 // The stream is out of step and has ended.
                 Err(err) if self.inner.is_terminated() => return Err(err),
                 // The frame was read whole, so the stream is still in step.
@@ -110,6 +119,16 @@ where
             self.send(response).await?;
         }
         self.close().await
+    }
+
+    /// On shutdown: requests that have already arrived whole are not run,
+    /// but each gets a 503, so that its client knows it was not.
+    async fn turn_away(&mut self) -> Result<(), KvError> {
+        while let Some(Some(Ok(_))) = self.inner.next().now_or_never() {
+            self.send(self.service.refuse(&KvError::ShuttingDown))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Answers with `err` at once, without reading a request, then closes
@@ -159,7 +178,10 @@ where
     /// tells the client that no more will come.
     async fn deliver(mut self, mut subscription: Subscription) -> Result<(), KvError> {
         // A subscriber sends nothing more: it is not idle, only listening.
-        self.inner.set_read_timeouts(None, None);
+        // Whatever it does send ends the subscription, so a large frame
+        // need not be read to the end first.
+        self.inner.set_idle_timeout(None);
+        self.inner = self.inner.max_frame(INLINE_LIMIT);
         // The id, before anything else can happen. It has had its hooks.
         if let Some(first) = subscription.next().await {
             self.send(first).await?;
@@ -233,9 +255,11 @@ where
         let started = Instant::now();
         let heavy = self.service.blocks() || !runs_inline(&request);
         let (service, connection) = (self.service.clone(), self.connection);
-        let answer = offload(heavy, move || service.call(request, connection))
-            .instrument(span.clone())
-            .await?;
+        // A closure on a blocking thread is outside the future's span:
+        // it enters the span itself.
+        let in_span = span.clone();
+        let work = move || in_span.in_scope(|| service.call(request, connection));
+        let answer = offload(heavy, work).instrument(span.clone()).await?;
         let status = match &answer {
             Answer::One(response) => response.status,
             Answer::Stream(_) => 200,

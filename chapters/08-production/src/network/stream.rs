@@ -97,14 +97,14 @@ where
     /// once it has started, for the rest of it (`frame`); `None` waits for
     /// ever. A wait that runs out ends the stream with a timeout error.
     pub fn read_timeouts(mut self, idle: Option<Duration>, frame: Option<Duration>) -> Self {
-        self.set_read_timeouts(idle, frame);
+        self.idle_timeout = idle;
+        self.frame_timeout = frame;
         self
     }
 
-    /// Like [`ProstStream::read_timeouts`], on a stream in use.
-    pub fn set_read_timeouts(&mut self, idle: Option<Duration>, frame: Option<Duration>) {
+    /// Changes the idle timeout of a stream in use.
+    pub fn set_idle_timeout(&mut self, idle: Option<Duration>) {
         self.idle_timeout = idle;
-        self.frame_timeout = frame;
         self.armed = None;
     }
 

@@ -27,8 +27,10 @@ install_mdbook() {
     local root="$1"
     shift
     echo "Installing mdBook $MDBOOK_VERSION into $root (once, takes a few minutes)" >&2
-    # From /, so that the build uses a temporary target directory, not ours.
-    (cd / && cargo install --locked --root "$root" mdbook --version "=$MDBOOK_VERSION" "$@")
+    # From /, so that the build uses a temporary target directory, not ours;
+    # and without the test command's lint settings, which are for our code.
+    (cd / && env -u RUSTFLAGS -u RUSTC_WORKSPACE_WRAPPER \
+        cargo install --locked --root "$root" mdbook --version "=$MDBOOK_VERSION" "$@")
 }
 
 # ensure_mdbook: installs the full pinned mdBook into $ROOT/.tools unless it

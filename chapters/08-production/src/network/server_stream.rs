@@ -141,8 +141,7 @@ where
     /// Sends an answer and runs the `after_send` hook. Fails if the client
     /// does not read it within the write timeout.
     async fn send(&mut self, response: CommandResponse) -> Result<(), KvError> {
-        self.within_write_timeout(|inner| inner.send(response))
-            .await?;
+        within(self.write_timeout, self.inner.send(response)).await?;
         self.service.after_send();
         Ok(())
     }
@@ -150,25 +149,7 @@ where
     /// Closes the stream (on TLS, with close_notify), within the write
     /// timeout too.
     async fn close(&mut self) -> Result<(), KvError> {
-        self.within_write_timeout(|inner| inner.close()).await
-    }
-
-    async fn within_write_timeout<'a, F>(
-        &'a mut self,
-        write: impl FnOnce(&'a mut ProstStream<S, CommandRequest, CommandResponse>) -> F,
-    ) -> Result<(), KvError>
-    where
-        F: Future<Output = Result<(), KvError>>,
-    {
-        let Some(limit) = self.write_timeout else {
-            return write(&mut self.inner).await;
-        };
-        match tokio::time::timeout(limit, write(&mut self.inner)).await {
-            Ok(written) => written,
-            Err(_) => Err(KvError::Timeout(format!(
-                "the client did not read its answers for {limit:?}"
-            ))),
-        }
+        within(self.write_timeout, self.inner.close()).await
     }
     // ANCHOR_END: server_stream
 
@@ -295,6 +276,24 @@ where
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|err| KvError::Internal(format!("request task failed: {err}")))
+}
+
+/// Runs `write`, failing if it takes longer than `limit`: a client that
+/// does not read makes writes wait.
+async fn within(
+    limit: Option<Duration>,
+    write: impl Future<Output = Result<(), KvError>>,
+) -> Result<(), KvError> {
+    let Some(limit) = limit else {
+        return write.await;
+    };
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| {
+            Err(KvError::Timeout(format!(
+                "the client did not read its answers for {limit:?}"
+            )))
+        })
 }
 // ANCHOR_END: execute
 

@@ -25,8 +25,9 @@ pub use config::{KvcConfig, KvsConfig};
 pub use error::KvError;
 pub use network::{
     COMPRESSION_LIMIT, Client, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS,
-    ENTRY_COST, FrameCoder, HEADER_LEN, INLINE_LIMIT, MAX_WIRE_LEN, MuxStream, ProstClientStream,
-    ProstServerStream, ProstStream, STREAM_WINDOW, Subscriber, WRITE_BACKPRESSURE, max_entries,
+    ENTRY_COST, FrameCoder, HEADER_LEN, INLINE_ENTRIES, INLINE_LIMIT, MAX_WIRE_LEN, MuxStream,
+    ProstClientStream, ProstServerStream, ProstStream, STREAM_WINDOW, Subscriber,
+    WRITE_BACKPRESSURE, max_entries,
 };
 pub use pb::abi::{
     CommandRequest, CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset,

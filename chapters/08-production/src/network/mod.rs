@@ -14,8 +14,8 @@ mod stream;
 
 pub use client_stream::ProstClientStream;
 pub use frame::{
-    COMPRESSION_LIMIT, DEFAULT_MAX_FRAME, ENTRY_COST, FrameCoder, HEADER_LEN, INLINE_LIMIT,
-    MAX_WIRE_LEN, max_entries,
+    COMPRESSION_LIMIT, DEFAULT_MAX_FRAME, ENTRY_COST, FrameCoder, HEADER_LEN, INLINE_ENTRIES,
+    INLINE_LIMIT, MAX_WIRE_LEN, max_entries,
 };
 pub(crate) use linger::{Lingering, linger};
 pub(crate) use multiplex::yamux_config;

@@ -9,12 +9,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, field};
 
-use super::{frame::INLINE_LIMIT, linger::linger, stream::ProstStream};
+use super::{
+    frame::{FrameCoder, INLINE_ENTRIES, INLINE_LIMIT},
+    linger::linger,
+    stream::ProstStream,
+};
 use crate::{
     Answer, CommandRequest, CommandResponse, ConnectionId, KvError, MemTable, RequestData, Service,
     Storage, Subscription, telemetry,
 };
 // ANCHOR_END: imports
+
+/// The frame limit on a subscription's stream. Anything a subscriber sends
+/// ends its subscription, so a frame need not be large to do that.
+const SUBSCRIBER_MAX_FRAME: usize = 4 * 1024;
 
 // ANCHOR: server_stream
 /// The server's end of one connection: reads requests, runs them, writes
@@ -25,6 +33,8 @@ pub struct ProstServerStream<S, Store = MemTable> {
     connection: ConnectionId,
     shutdown: CancellationToken,
     write_timeout: Option<Duration>,
+    /// Answers in the write buffer, not yet flushed.
+    unsent: usize,
 }
 
 impl<S, Store> ProstServerStream<S, Store>
@@ -39,6 +49,7 @@ where
             connection: ConnectionId::new(),
             shutdown: CancellationToken::new(),
             write_timeout: None,
+            unsent: 0,
         }
     }
 
@@ -83,14 +94,29 @@ where
     /// stream until it ends, and then the stream ends too.
     pub async fn process(mut self) -> Result<(), KvError> {
         loop {
-            let request = tokio::select! {
-                // Between requests, a shutdown goes first.
-                biased;
-                () = self.shutdown.cancelled() => {
-                    self.turn_away().await?;
-                    break;
+            // A request that is already here is answered before anything
+            // is written: the answers to requests that came together
+            // (pipelined) leave together, in one write and one TLS record.
+            let ready = if self.shutdown.is_cancelled() {
+                None
+            } else {
+                self.inner.next().now_or_never()
+            };
+            let request = match ready {
+                Some(request) => request,
+                // None is here: send the answers, then wait.
+                None => {
+                    self.flush().await?;
+                    tokio::select! {
+                        // Between requests, a shutdown goes first.
+                        biased;
+                        () = self.shutdown.cancelled() => {
+                            self.turn_away().await?;
+                            break;
+                        }
+                        request = self.inner.next() => request,
+                    }
                 }
-                request = self.inner.next() => request,
             };
             let Some(request) = request else { break };
             let response = match request {
@@ -116,7 +142,7 @@ where
                 // The frame was read whole, so the stream is still in step.
                 Err(err) => self.service.refuse(&err),
             };
-            self.send(response).await?;
+            self.queue(response).await?;
         }
         self.close().await
     }
@@ -138,17 +164,37 @@ where
         self.close().await
     }
 
-    /// Sends an answer and runs the `after_send` hook. Fails if the client
-    /// does not read it within the write timeout.
-    async fn send(&mut self, response: CommandResponse) -> Result<(), KvError> {
-        within(self.write_timeout, self.inner.send(response)).await?;
-        self.service.after_send();
+    /// Puts an answer in the write buffer, which `flush` sends. Writes
+    /// only if the buffer is full; fails if the client does not read that
+    /// within the write timeout.
+    async fn queue(&mut self, response: CommandResponse) -> Result<(), KvError> {
+        within(self.write_timeout, self.inner.feed(response)).await?;
+        self.unsent += 1;
         Ok(())
     }
 
-    /// Closes the stream (on TLS, with close_notify), within the write
-    /// timeout too.
+    /// Sends the buffered answers, within the write timeout, and runs the
+    /// `after_send` hook for each: they have left now.
+    async fn flush(&mut self) -> Result<(), KvError> {
+        if self.unsent > 0 {
+            within(self.write_timeout, self.inner.flush()).await?;
+        }
+        for _ in 0..std::mem::take(&mut self.unsent) {
+            self.service.after_send();
+        }
+        Ok(())
+    }
+
+    /// Sends an answer at once, with any that wait in the buffer.
+    async fn send(&mut self, response: CommandResponse) -> Result<(), KvError> {
+        self.queue(response).await?;
+        self.flush().await
+    }
+
+    /// Sends what waits, then closes the stream (on TLS, with
+    /// close_notify), within the write timeout too.
     async fn close(&mut self) -> Result<(), KvError> {
+        self.flush().await?;
         within(self.write_timeout, self.inner.close()).await
     }
     // ANCHOR_END: server_stream
@@ -162,7 +208,7 @@ where
         // Whatever it does send ends the subscription, so a large frame
         // need not be read to the end first.
         self.inner.set_idle_timeout(None);
-        self.inner = self.inner.max_frame(INLINE_LIMIT);
+        self.inner = self.inner.max_frame(SUBSCRIBER_MAX_FRAME);
         // The id, before anything else can happen. It has had its hooks.
         if let Some(first) = subscription.next().await {
             self.send(first).await?;
@@ -254,11 +300,12 @@ where
     }
 }
 
-/// Whether running `request` takes microseconds: it is small, and it is
-/// not `hgetall`, whose work grows with the table, not with the request.
+/// Whether running `request` takes microseconds: it is small, has few
+/// entries, and it is not `hgetall`, whose work grows with the table, not
+/// with the request.
 fn runs_inline(request: &CommandRequest) -> bool {
     let hgetall = matches!(request.request_data, Some(RequestData::Hgetall(_)));
-    !hgetall && request.encoded_len() <= INLINE_LIMIT
+    !hgetall && request.entries() <= INLINE_ENTRIES && request.encoded_len() <= INLINE_LIMIT
 }
 
 /// Runs `work` right here if it is light. Otherwise it runs on a thread
@@ -382,10 +429,17 @@ mod tests {
     // ANCHOR_END: hooks_test
 
     #[test]
-    fn only_small_requests_other_than_hgetall_run_inline() {
+    fn only_small_requests_with_few_entries_other_than_hgetall_run_inline() {
         assert!(runs_inline(&CommandRequest::new_hget("t", "k")));
+        assert!(runs_inline(&CommandRequest::new_hset(
+            "t",
+            "k",
+            "v".repeat(4096)
+        )));
         assert!(!runs_inline(&CommandRequest::new_hgetall("t")));
         let big = CommandRequest::new_hset("t", "k", "v".repeat(INLINE_LIMIT));
         assert!(!runs_inline(&big));
+        let many = (0..=INLINE_ENTRIES).map(|i| i.to_string());
+        assert!(!runs_inline(&CommandRequest::new_hmget("t", many)));
     }
 }

@@ -21,8 +21,8 @@ use tokio::{
 use tokio_util::io::poll_read_buf;
 
 use super::frame::{
-    DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, INLINE_LIMIT, READ_CHUNK, decodes_inline,
-    parse_header,
+    DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, INLINE_ENTRIES, INLINE_LIMIT, READ_CHUNK,
+    compresses, decodes_inline, parse_header, write_frame,
 };
 use crate::KvError;
 // ANCHOR_END: imports
@@ -258,7 +258,7 @@ where
             match next {
                 // A whole frame: decode it. If it does not decode, the
                 // error is the item, and the next frame comes after it.
-                Ok(Some(mut frame)) if decodes_inline(&frame) => {
+                Ok(Some(mut frame)) if decodes_inline::<In>(&frame) => {
                     return Poll::Ready(Some(In::decode_frame(&mut frame, this.max_frame)));
                 }
                 // Large or compressed: decode on a thread meant for
@@ -345,16 +345,28 @@ where
     }
 
     /// Encodes the message into the write buffer; writes nothing yet. A
-    /// large message is encoded (and compressed) on a thread meant for
-    /// blocking work: `poll_ready` and `poll_flush` wait for it.
+    /// message that is large, has many entries or is to be compressed is
+    /// encoded on a thread meant for blocking work (see [`INLINE_LIMIT`]):
+    /// `poll_ready` and `poll_flush` wait for it.
     fn start_send(self: Pin<&mut Self>, item: Out) -> Result<(), KvError> {
         let this = self.get_mut();
-        if item.encoded_len() <= INLINE_LIMIT {
-            return item.encode_frame(&mut this.write_buf);
+        if item.entries() > INLINE_ENTRIES || item.encoded_len() > INLINE_LIMIT {
+            this.encoding = Some(tokio::task::spawn_blocking(move || {
+                let mut frame = BytesMut::new();
+                item.encode_frame(&mut frame)?;
+                Ok(frame)
+            }));
+            return Ok(());
+        }
+        // Copying it into a payload takes microseconds; compressing that
+        // may take longer.
+        let payload = item.encode_to_vec();
+        if !compresses(&payload) {
+            return write_frame(&payload, &mut this.write_buf);
         }
         this.encoding = Some(tokio::task::spawn_blocking(move || {
             let mut frame = BytesMut::new();
-            item.encode_frame(&mut frame)?;
+            write_frame(&payload, &mut frame)?;
             Ok(frame)
         }));
         Ok(())
@@ -605,18 +617,25 @@ mod tests {
 
     // ANCHOR: close_test
     #[test]
-    fn only_small_uncompressed_frames_decode_inline() {
-        let mut frame = BytesMut::new();
-        CommandRequest::new_hget("t", "k")
-            .encode_frame(&mut frame)
-            .unwrap();
-        assert!(decodes_inline(&frame));
-        frame.clear();
+    fn only_small_uncompressed_frames_with_few_entries_decode_inline() {
+        let inline = |request: CommandRequest| {
+            let mut frame = BytesMut::new();
+            request.encode_frame(&mut frame).unwrap();
+            (frame.len(), decodes_inline::<CommandRequest>(&frame))
+        };
+        assert!(inline(CommandRequest::new_hget("t", "k")).1);
+        // A large value that does not compress: copied, in microseconds.
+        let random = (0..40_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8);
+        let value = bytes::Bytes::from_iter(random);
+        let (len, decodes) = inline(CommandRequest::new_hset("t", "k", value));
+        assert!(len > 32 * 1024 && decodes);
         // Compresses to a few bytes, but inflates to 100 kB.
-        CommandRequest::new_hset("t", "k", "v".repeat(100_000))
-            .encode_frame(&mut frame)
-            .unwrap();
-        assert!(frame.len() < INLINE_LIMIT && !decodes_inline(&frame));
+        let (len, decodes) = inline(CommandRequest::new_hset("t", "k", "v".repeat(100_000)));
+        assert!(len < INLINE_LIMIT && !decodes);
+        // Small, but too many entries.
+        let keys = (0..INLINE_ENTRIES).map(|i| i.to_string());
+        let (len, decodes) = inline(CommandRequest::new_hmget("t", keys));
+        assert!(len < 1024 && !decodes);
     }
 
     #[tokio::test]

@@ -23,8 +23,9 @@ use crate::{
 };
 
 /// Keys per connection: `hset` and `hget` take turns over them, so each
-/// `hget` finds the value that the `hset` before it stored.
-const KEYS: usize = 1000;
+/// `hget` finds the value that the `hset` before it stored. With 50
+/// connections and 64 KiB values, a server holds 320 MiB of them.
+const KEYS: usize = 100;
 
 /// When a run ends.
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +37,7 @@ pub enum Bound {
 
 /// What to send, over how many connections.
 pub struct Load {
+    pub table: String,
     pub connections: usize,
     /// Requests in flight per connection: sent together, then awaited.
     pub depth: usize,
@@ -145,6 +147,7 @@ fn progress_bar(bound: Bound) -> ProgressBar {
         .with_style(ProgressStyle::with_template(&style).expect("a valid template"))
 }
 
+// ANCHOR: batch
 /// One connection's requests: a batch of `depth` is written while the
 /// answers are read, and the next batch goes once all have come. Returns
 /// the latencies, the requests sent and the errors among the answers.
@@ -166,6 +169,7 @@ async fn one_connection(
         for i in sent..sent + batch {
             let op = Op {
                 set: i % 2 == 0,
+                table: &load.table,
                 key: &keys[(i / 2) as usize % KEYS],
                 value: &load.value,
             };
@@ -205,3 +209,4 @@ async fn one_connection(
     let _ = writer.shutdown().await;
     Ok((latency, sent, errors))
 }
+// ANCHOR_END: batch

@@ -190,16 +190,20 @@ async fn run(args: &RunArgs) -> anyhow::Result<Record> {
         multiplexed: args.server == Server::Kvs,
     };
     let value = random_bytes(args.value_size);
+    // A table per value size: an `hset` then replaces a value of the same
+    // size (and kvs answers with it), whatever ran before.
+    let table = format!("bench-{}", args.value_size);
     let protocol: Box<dyn Protocol> = match args.server {
         Server::Kvs => Box::new(Kv),
         Server::Redis => Box::new(Resp),
-        Server::Echo => Box::new(Echo::like_kv(&value)?),
+        Server::Echo => Box::new(Echo::like_kv(&table, &value)?),
     };
     let bound = match args.requests {
         Some(n) => Bound::Requests(n),
         None => Bound::Time(Duration::try_from_secs_f64(args.seconds).context("a bad --seconds")?),
     };
     let load = Load {
+        table,
         connections: args.connections,
         depth: args.depth,
         value,
@@ -304,6 +308,7 @@ mod tests {
         let value = random_bytes(64 * 1024);
         let op = Op {
             set: true,
+            table: "t",
             key: "k",
             value: &value,
         };

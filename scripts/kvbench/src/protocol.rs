@@ -6,12 +6,11 @@ use anyhow::{Context, bail};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kv::{CommandRequest, CommandResponse, DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, Value};
 
-/// The table (Redis: the hash) that every request uses.
-pub const TABLE: &str = "bench";
-
-/// One request of the mix: `hset TABLE key value`, or `hget TABLE key`.
+/// One request of the mix: `hset table key value`, or `hget table key`.
+/// (A table is a hash in Redis.)
 pub struct Op<'a> {
     pub set: bool,
+    pub table: &'a str,
     pub key: &'a str,
     pub value: &'a Bytes,
 }
@@ -45,9 +44,9 @@ pub struct Kv;
 impl Kv {
     fn request(op: &Op<'_>) -> CommandRequest {
         if op.set {
-            CommandRequest::new_hset(TABLE, op.key, Value::from(op.value.clone()))
+            CommandRequest::new_hset(op.table, op.key, Value::from(op.value.clone()))
         } else {
-            CommandRequest::new_hget(TABLE, op.key)
+            CommandRequest::new_hget(op.table, op.key)
         }
     }
 }
@@ -67,6 +66,7 @@ impl Protocol for Kv {
     }
 }
 
+// ANCHOR: resp
 /// RESP, the protocol of Redis: `HSET` and `HGET` as arrays of bulk
 /// strings, and the four kinds of reply they can get.
 pub struct Resp;
@@ -88,7 +88,7 @@ impl Protocol for Resp {
             buf.put_slice(b"*3\r\n");
             Self::bulk(buf, b"HGET");
         }
-        Self::bulk(buf, TABLE.as_bytes());
+        Self::bulk(buf, op.table.as_bytes());
         Self::bulk(buf, op.key.as_bytes());
         if op.set {
             Self::bulk(buf, op.value);
@@ -126,6 +126,9 @@ impl Protocol for Resp {
     }
 }
 
+// ANCHOR_END: resp
+
+// ANCHOR: echo
 /// The echo protocol: a frame with our header, whose payload begins with
 /// the length of the payload to answer with. The echo server does nothing
 /// else, so it shows what moving these bytes costs on this machine.
@@ -139,7 +142,7 @@ pub struct Echo {
 impl Echo {
     /// Frames of the same lengths as our protocol's, for values of
     /// `value_len` bytes (hset answers with the value it replaces).
-    pub fn like_kv(value: &Bytes) -> anyhow::Result<Self> {
+    pub fn like_kv(table: &str, value: &Bytes) -> anyhow::Result<Self> {
         let frame_len = |message: &dyn Fn(&mut BytesMut) -> Result<(), kv::KvError>| {
             let mut buf = BytesMut::new();
             message(&mut buf).map(|()| buf.len())
@@ -147,11 +150,13 @@ impl Echo {
         let key = "key:00000000";
         let set = Kv::request(&Op {
             set: true,
+            table,
             key,
             value,
         });
         let get = Kv::request(&Op {
             set: false,
+            table,
             key,
             value,
         });
@@ -207,6 +212,8 @@ pub fn echo_answers(input: &mut BytesMut, output: &mut BytesMut) -> anyhow::Resu
     Ok(())
 }
 
+// ANCHOR_END: echo
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,11 +222,13 @@ mod tests {
         [
             Op {
                 set: true,
+                table: "bench",
                 key: "k",
                 value,
             },
             Op {
                 set: false,
+                table: "bench",
                 key: "k",
                 value,
             },
@@ -271,7 +280,7 @@ mod tests {
     #[test]
     fn echo_frames_have_our_lengths_and_get_the_answers_they_ask_for() {
         let value = Bytes::from(vec![7; 4096]);
-        let echo = Echo::like_kv(&value).unwrap();
+        let echo = Echo::like_kv("bench", &value).unwrap();
         for op in ops(&value) {
             let mut ours = BytesMut::new();
             Kv.encode(&op, &mut ours).unwrap();

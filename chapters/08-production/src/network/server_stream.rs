@@ -93,6 +93,7 @@ where
     /// response, and the connection goes on. A subscription takes over the
     /// stream until it ends, and then the stream ends too.
     pub async fn process(mut self) -> Result<(), KvError> {
+        // ANCHOR: coalesce
         loop {
             // A request that is already here is answered before anything
             // is written: the answers to requests that came together
@@ -119,6 +120,7 @@ where
                 }
             };
             let Some(request) = request else { break };
+            // ANCHOR_END: coalesce
             let response = match request {
                 Ok(request) => match self.execute(request).await? {
                     Answer::One(response) => response,
@@ -164,6 +166,7 @@ where
         self.close().await
     }
 
+    // ANCHOR: queue
     /// Puts an answer in the write buffer, which `flush` sends. Writes
     /// only if the buffer is full; fails if the client does not read that
     /// within the write timeout.
@@ -184,6 +187,8 @@ where
         }
         Ok(())
     }
+
+    // ANCHOR_END: queue
 
     /// Sends an answer at once, with any that wait in the buffer.
     async fn send(&mut self, response: CommandResponse) -> Result<(), KvError> {

@@ -31,7 +31,12 @@ struct Parsed {
 }
 
 fn parse(repo: &Repo, chapter: &Chapter, file: &str) -> Result<Option<Parsed>> {
-    let abs = chapter.dir.join(file);
+    parse_at(repo, &chapter.name, &chapter.dir.join(file))
+}
+
+/// The TOML file at `abs`, parsed; `owner` names it in messages.
+fn parse_at(repo: &Repo, owner: &str, abs: &std::path::Path) -> Result<Option<Parsed>> {
+    let abs = abs.to_path_buf();
     if !abs.is_file() {
         return Ok(None);
     }
@@ -40,7 +45,7 @@ fn parse(repo: &Repo, chapter: &Chapter, file: &str) -> Result<Option<Parsed>> {
         .parse()
         .with_context(|| format!("parsing {}", abs.display()))?;
     Ok(Some(Parsed {
-        chapter: chapter.name.clone(),
+        chapter: owner.to_string(),
         path: repo.rel(&abs),
         text,
         table,
@@ -67,16 +72,28 @@ fn problem(file: &Parsed, line: Option<usize>, message: String) -> Problem {
 /// A chapter may add another line of the same package (a new dependency can
 /// bring in an older major version), but where two chapters both use a
 /// line they must agree, or the shared target compiles it twice. The
-/// chapters' own packages (no `source`) are skipped.
+/// chapters' own packages (no `source`) are skipped. The lock of the root
+/// workspace, if any (the tools, and kvbench, which builds the last
+/// chapter), comes last and follows the same rule.
 fn check_locks(repo: &Repo, chapters: &[Chapter]) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
     // (name, line) -> [(lock file, versions)] in chapter order
     type Seen = BTreeMap<(String, String), Vec<(usize, BTreeSet<String>)>>;
     let mut seen = Seen::new();
     let mut locks = Vec::new();
+    let mut files = Vec::new();
     for chapter in chapters {
-        let Some(lock) = parse(repo, chapter, "Cargo.lock")? else {
-            let path = format!("chapters/{}/Cargo.lock", chapter.name);
+        files.push((
+            parse(repo, chapter, "Cargo.lock")?,
+            format!("chapters/{}/Cargo.lock", chapter.name),
+        ));
+    }
+    // The root's lock is optional: a tree of chapters alone has none.
+    if let Some(root) = parse_at(repo, "the root workspace", &repo.root.join("Cargo.lock"))? {
+        files.push((Some(root), "Cargo.lock".to_string()));
+    }
+    for (lock, path) in files {
+        let Some(lock) = lock else {
             problems.push(Problem::file(
                 path,
                 "missing: the tests build with --locked",

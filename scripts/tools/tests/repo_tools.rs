@@ -600,6 +600,18 @@ fn check_lockstep_reports_cargo_lock_versions() {
 }
 
 #[test]
+fn check_lockstep_reports_the_root_lock_too() {
+    let fake = Fake::new();
+    fake.write("Cargo.lock", &lock("kvbench", "1.1.0"));
+    fake.assert_fails(
+        Check::Lockstep,
+        &["Cargo.lock:4: `bytes` 1.x is locked at 1.1.0 here but at 1.0.0 in 01-a"],
+    );
+    fake.write("Cargo.lock", &lock("kvbench", "1.0.0"));
+    fake.assert_passes(Check::Lockstep);
+}
+
+#[test]
 fn check_lockstep_lets_a_chapter_add_another_semver_line() {
     let fake = Fake::new();
     // 02-b keeps bytes 1.0.0 and adds an old 0.5 line, as a new dependency

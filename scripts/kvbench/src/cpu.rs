@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-/// /proc counts in ticks of 1/100 s on every Linux platform (USER_HZ).
+/// /proc counts in ticks of USER_HZ, 1/100 s on the usual Linux platforms
+/// (x86 and ARM among them).
 const TICKS_PER_SECOND: u64 = 100;
 
 pub fn of_process(pid: u32) -> Option<Duration> {

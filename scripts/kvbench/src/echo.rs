@@ -39,17 +39,21 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>) -> anyhow::R
 }
 
 /// Answers the requests of one connection. Answers to the requests of one
-/// read go out in one write.
+/// read go out in one write (or a few, if they are large).
 async fn echo(mut io: impl Io) -> anyhow::Result<()> {
     let mut input = BytesMut::with_capacity(64 * 1024);
     let mut output = BytesMut::new();
-    while io.read_buf(&mut input).await? > 0 {
+    loop {
         echo_answers(&mut input, &mut output)?;
-        if !output.is_empty() {
-            io.write_all(&output).await?;
-            io.flush().await?;
-            output.clear();
+        if output.is_empty() {
+            if io.read_buf(&mut input).await? == 0 {
+                break;
+            }
+            continue;
         }
+        io.write_all(&output).await?;
+        io.flush().await?;
+        output.clear();
     }
     io.shutdown().await?;
     Ok(())

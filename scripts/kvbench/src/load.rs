@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     connect::{Io, Target},
+    cpu,
     protocol::{Op, Protocol},
 };
 
@@ -53,6 +54,10 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Latencies in microseconds.
     pub latency: Histogram<u64>,
+    /// CPU time used meanwhile by the server (if its pid was given) and by
+    /// this process.
+    pub server_cpu: Option<Duration>,
+    pub client_cpu: Option<Duration>,
 }
 
 impl Outcome {
@@ -75,6 +80,7 @@ pub async fn run(
     target: &Target,
     protocol: Box<dyn Protocol>,
     load: Load,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<Outcome> {
     let connections = try_join_all((0..load.connections).map(|_| target.connect()))
         .await
@@ -89,6 +95,8 @@ pub async fn run(
         stop: AtomicBool::new(false),
         done: AtomicU64::new(0),
     });
+    let cpu = || (server_pid.and_then(cpu::of_process), cpu::of_self());
+    let cpu_before = cpu();
     let started = Instant::now();
     let tasks: Vec<_> = connections
         .into_iter()
@@ -119,13 +127,17 @@ pub async fn run(
         }
     };
     let elapsed = started.elapsed();
+    let cpu_after = cpu();
     progress.finish_and_clear();
 
+    let used = |before: Option<Duration>, after: Option<Duration>| after?.checked_sub(before?);
     let mut outcome = Outcome {
         requests: 0,
         errors: 0,
         elapsed,
         latency: Histogram::new(3)?,
+        server_cpu: used(cpu_before.0, cpu_after.0),
+        client_cpu: used(cpu_before.1, cpu_after.1),
     };
     for result in results {
         let (latency, requests, errors) = result?;

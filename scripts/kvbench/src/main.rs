@@ -209,13 +209,9 @@ async fn run(args: &RunArgs) -> anyhow::Result<Record> {
         value,
         bound,
     };
-    let cpu_before = (args.server_pid.and_then(cpu::of_process), cpu::of_self());
-    let outcome = load::run(&target, protocol, load).await?;
-    let cpu_after = (args.server_pid.and_then(cpu::of_process), cpu::of_self());
-    let per_request = |before: Option<Duration>, after: Option<Duration>| {
-        let used = after?.checked_sub(before?)?;
-        Some(used.as_secs_f64() * 1e6 / outcome.requests.max(1) as f64)
-    };
+    let outcome = load::run(&target, protocol, load, args.server_pid).await?;
+    let per_request =
+        |used: Option<Duration>| Some(used?.as_secs_f64() * 1e6 / outcome.requests.max(1) as f64);
     let quantile = |q| outcome.latency.value_at_quantile(q);
     Ok(Record {
         server: args.server,
@@ -232,8 +228,8 @@ async fn run(args: &RunArgs) -> anyhow::Result<Record> {
         p99_us: quantile(0.99),
         p999_us: quantile(0.999),
         max_us: outcome.latency.max(),
-        server_cpu_us: per_request(cpu_before.0, cpu_after.0),
-        client_cpu_us: per_request(cpu_before.1, cpu_after.1),
+        server_cpu_us: per_request(outcome.server_cpu),
+        client_cpu_us: per_request(outcome.client_cpu),
         at: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
     })
 }

@@ -57,6 +57,9 @@ impl Protocol for Kv {
     }
 
     fn decode(&self, buf: &mut BytesMut) -> anyhow::Result<Option<bool>> {
+        if claimed_len(buf).is_some_and(|len| len - HEADER_LEN > DEFAULT_MAX_FRAME) {
+            bail!("an answer claims more than {DEFAULT_MAX_FRAME} bytes");
+        }
         let Some(len) = whole_frame(buf) else {
             return Ok(None);
         };
@@ -100,7 +103,9 @@ impl Protocol for Resp {
         let Some(end) = buf.windows(2).position(|pair| pair == b"\r\n") else {
             return Ok(None);
         };
-        let line = &buf[1..end];
+        let Some(line) = buf.get(1..end) else {
+            bail!("an empty reply line");
+        };
         let (ok, len) = match buf[0] {
             // A simple string or an integer (HSET: how many fields are new).
             b'+' | b':' => (true, end + 2),
@@ -112,6 +117,7 @@ impl Protocol for Resp {
                     .parse()
                     .context("a bad bulk length")?;
                 match usize::try_from(n) {
+                    Ok(n) if n > DEFAULT_MAX_FRAME => bail!("a bulk string of {n} bytes"),
                     Ok(n) => (true, end + 2 + n + 2),
                     Err(_) => (true, end + 2),
                 }
@@ -127,6 +133,9 @@ impl Protocol for Resp {
 }
 
 // ANCHOR_END: resp
+
+/// How much the echo server answers before it writes.
+pub const ECHO_OUTPUT: usize = 1 << 20;
 
 // ANCHOR: echo
 /// The echo protocol: a frame with our header, whose payload begins with
@@ -190,10 +199,11 @@ impl Protocol for Echo {
 
 /// What the echo server answers to the request frames at the front of
 /// `input`: it appends each answer to `output`, and removes the requests.
-/// A frame that claims more than our frame limit is an error at once,
-/// before it is read.
+/// It stops once `output` holds [`ECHO_OUTPUT`] bytes, so that a few small
+/// requests cannot make it hold gigabytes. A frame that claims more than
+/// our frame limit is an error at once, before it is read.
 pub fn echo_answers(input: &mut BytesMut, output: &mut BytesMut) -> anyhow::Result<()> {
-    while let Some(len) = claimed_len(input) {
+    while let Some(len) = claimed_len(input).filter(|_| output.len() < ECHO_OUTPUT) {
         if len - HEADER_LEN > DEFAULT_MAX_FRAME {
             bail!("a frame claims {len} bytes");
         }
@@ -296,6 +306,29 @@ mod tests {
             assert_eq!(answer.len(), expected);
             assert_eq!(echo.decode(&mut answer).unwrap(), Some(true));
         }
+    }
+
+    #[test]
+    fn resp_replies_that_would_panic_or_never_end_are_errors() {
+        for reply in [&b"\r\n"[..], b"$99999999999\r\n", b"*1\r\n"] {
+            let mut buf = BytesMut::from(reply);
+            assert!(Resp.decode(&mut buf).is_err(), "{reply:?}");
+        }
+        let mut huge = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff][..]);
+        assert!(Kv.decode(&mut huge).is_err());
+    }
+
+    #[test]
+    fn the_echo_server_answers_in_bounded_portions() {
+        // Eight bytes ask for 1 MiB each: the second waits for a write.
+        let mut input = BytesMut::new();
+        for _ in 0..2 {
+            input.put_u32(4);
+            input.put_u32(1 << 20);
+        }
+        let mut output = BytesMut::new();
+        echo_answers(&mut input, &mut output).unwrap();
+        assert_eq!((output.len(), input.len()), (HEADER_LEN + (1 << 20), 8));
     }
 
     #[test]

@@ -66,15 +66,16 @@ struct Runs {
     cpu_us: Vec<f64>,
 }
 
-/// The middle value (the mean of the two middle ones for an even count).
-fn median(values: &[f64]) -> f64 {
+/// The middle value (the mean of the two middle ones for an even count);
+/// `None` for no values.
+fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
+    match sorted.len() {
+        0 => None,
+        n if n.is_multiple_of(2) => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
+        _ => Some(sorted[mid]),
     }
 }
 
@@ -89,7 +90,11 @@ pub fn write(args: &ReportArgs) -> anyhow::Result<()> {
     for path in &args.inputs {
         let text =
             fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        for (n, line) in text.lines().enumerate() {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+        {
             let record: Record = serde_json::from_str(line)
                 .with_context(|| format!("{}:{}: not a record", path.display(), n + 1))?;
             let Some(series) = SERIES
@@ -100,9 +105,13 @@ pub fn write(args: &ReportArgs) -> anyhow::Result<()> {
             };
             let cell = (record.connections, record.depth, record.value_size);
             let runs = cells.entry(cell).or_default().entry(series).or_default();
-            runs.per_second.push(record.per_second);
-            runs.p99_ms.push(record.p99_us as f64 / 1000.0);
-            runs.cpu_us.extend(record.server_cpu_us);
+            // A run without requests has no rate or latency to chart (and
+            // zero has no place on a log scale).
+            if record.requests > 0 {
+                runs.per_second.push(record.per_second);
+                runs.p99_ms.push(record.p99_us.max(1) as f64 / 1000.0);
+                runs.cpu_us.extend(record.server_cpu_us);
+            }
         }
     }
     anyhow::ensure!(!cells.is_empty(), "no records to report");
@@ -144,6 +153,7 @@ fn chart(
         .flat_map(|c| c.values())
         .flat_map(|r| values(r).clone())
         .collect();
+    anyhow::ensure!(!all.is_empty(), "no runs with requests to chart");
     let (lo, hi) = min_max(&all);
     let (lo, hi) = (lo / 2.0, hi * 2.0);
     let labels: Vec<String> = cells.keys().map(cell_label).collect();
@@ -181,9 +191,12 @@ fn chart(
             let Some(runs) = runs.get(&series) else {
                 continue;
             };
+            let Some(middle) = median(values(runs)) else {
+                continue;
+            };
             let x = i as f64 + 0.1 + series as f64 * width;
             let (least, most) = min_max(values(runs));
-            bars.push((x, median(values(runs)), least, most));
+            bars.push((x, middle, least, most));
         }
         chart
             .draw_series(bars.iter().map(|&(x, median, ..)| {
@@ -210,13 +223,19 @@ fn chart(
     Ok(())
 }
 
-/// 1500 as "1.5k", 2000000 as "2M", 0.25 as "0.25".
+/// 1500 as "1.5k", 2000000 as "2M", 0.25 as "0.25": at most three
+/// decimals, without trailing zeros.
 fn short(value: f64) -> String {
-    match value {
-        v if v >= 1e6 => format!("{}M", v / 1e6),
-        v if v >= 1e3 => format!("{}k", v / 1e3),
-        v => format!("{v}"),
-    }
+    let (value, unit) = match value {
+        v if v >= 1e6 => (v / 1e6, "M"),
+        v if v >= 1e3 => (v / 1e3, "k"),
+        v => (v, ""),
+    };
+    let digits = format!("{value:.3}");
+    format!(
+        "{}{unit}",
+        digits.trim_end_matches('0').trim_end_matches('.')
+    )
 }
 
 /// The medians, and how kvs compares with Redis and with the floor: over
@@ -232,10 +251,7 @@ fn table(cells: &BTreeMap<Cell, BTreeMap<usize, Runs>>) -> String {
          |---|--:|--:|--:|--:|\n",
     );
     for (cell, runs) in cells {
-        let of = |series: usize, values: fn(&Runs) -> &Vec<f64>| {
-            let values = values(runs.get(&series)?);
-            (!values.is_empty()).then(|| median(values))
-        };
+        let of = |series: usize, values: fn(&Runs) -> &Vec<f64>| median(values(runs.get(&series)?));
         let rate = |series| of(series, |r| &r.per_second);
         let p99 = |series| of(series, |r| &r.p99_ms);
         let cpu = |series| of(series, |r| &r.cpu_us);
@@ -269,7 +285,11 @@ fn table(cells: &BTreeMap<Cell, BTreeMap<usize, Runs>>) -> String {
             ms(p99(3)),
         );
     }
-    format!("Over TLS:\n\n{tls}\nOver plain TCP:\n\n{plain}")
+    format!(
+        "Over TLS:\n\n{tls}\nOver plain TCP:\n\n{plain}\n\
+         The echo floor sends answers of the sizes kvs sends: an `hset` \
+         answer holds the value it replaced, which Redis does not send.\n"
+    )
 }
 
 #[cfg(test)]
@@ -278,8 +298,9 @@ mod tests {
 
     #[test]
     fn medians_of_odd_and_even_counts() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
     }
 
     #[test]
@@ -288,6 +309,7 @@ mod tests {
         assert_eq!(cell_label(&(50, 1, 16)), "50×1, 16 B");
         assert_eq!(short(1500.0), "1.5k");
         assert_eq!(short(2e6), "2M");
+        assert_eq!(short(0.1 + 0.2), "0.3");
     }
 
     #[test]

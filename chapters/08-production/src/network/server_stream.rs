@@ -20,6 +20,9 @@ use crate::{
 };
 // ANCHOR_END: imports
 
+/// The most answers that wait in the write buffer for more requests.
+const MAX_UNSENT: usize = 64;
+
 /// The frame limit on a subscription's stream. Anything a subscriber sends
 /// ends its subscription, so a frame need not be large to do that.
 const SUBSCRIBER_MAX_FRAME: usize = 4 * 1024;
@@ -97,8 +100,10 @@ where
         loop {
             // A request that is already here is answered before anything
             // is written: the answers to requests that came together
-            // (pipelined) leave together, in one write and one TLS record.
-            let ready = if self.shutdown.is_cancelled() {
+            // (pipelined) leave together, in as few writes (and TLS
+            // records) as the buffers allow. Up to a point: a client that
+            // never pauses still gets its answers.
+            let ready = if self.shutdown.is_cancelled() || self.unsent >= MAX_UNSENT {
                 None
             } else {
                 self.inner.next().now_or_never()
@@ -122,10 +127,20 @@ where
             let Some(request) = request else { break };
             // ANCHOR_END: coalesce
             let response = match request {
-                Ok(request) => match self.execute(request).await? {
-                    Answer::One(response) => response,
-                    Answer::Stream(subscription) => return self.deliver(subscription).await,
-                },
+                Ok(request) => {
+                    // Answers waiting in the buffer do not wait for slow work.
+                    if self.service.blocks() || !runs_inline(&request) {
+                        self.flush().await?;
+                    }
+                    let answer = match self.execute(request).await {
+                        Ok(answer) => answer,
+                        Err(err) => return self.flush_then(err).await,
+                    };
+                    match answer {
+                        Answer::One(response) => response,
+                        Answer::Stream(subscription) => return self.deliver(subscription).await,
+                    }
+                }
                 Err(err @ KvError::FrameTooLarge { .. }) => {
                     // The payload is not read, so the next frame cannot be
                     // found: answer, then end the connection.
@@ -140,7 +155,7 @@ where
                     return Err(err);
                 }
                 // The stream is out of step and has ended.
-                Err(err) if self.inner.is_terminated() => return Err(err),
+                Err(err) if self.inner.is_terminated() => return self.flush_then(err).await,
                 // The frame was read whole, so the stream is still in step.
                 Err(err) => self.service.refuse(&err),
             };
@@ -189,6 +204,13 @@ where
     }
 
     // ANCHOR_END: queue
+
+    /// Ends with `err`, after trying to send the answers that wait: their
+    /// requests have run, and their clients should know it.
+    async fn flush_then(&mut self, err: KvError) -> Result<(), KvError> {
+        let _ = self.flush().await;
+        Err(err)
+    }
 
     /// Sends an answer at once, with any that wait in the buffer.
     async fn send(&mut self, response: CommandResponse) -> Result<(), KvError> {
@@ -353,7 +375,9 @@ async fn within(
 #[cfg(test)]
 mod tests {
     use std::{
+        pin::Pin,
         sync::{Arc, Mutex},
+        task::{Context, Poll},
         time::Duration,
     };
 
@@ -432,6 +456,84 @@ mod tests {
         assert_eq!(*events, ["executed", "before_send", "after_send"]);
     }
     // ANCHOR_END: hooks_test
+
+    // ANCHOR: pipelined_test
+    /// Counts the flushes of the stream inside.
+    struct Flushes<S> {
+        inner: S,
+        count: Arc<Mutex<usize>>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Flushes<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Flushes<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            *self.count.lock().unwrap() += 1;
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_answers_leave_together_even_when_the_stream_then_fails() {
+        let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+        let count = Arc::new(Mutex::new(0));
+        let server_end = Flushes {
+            inner: server_end,
+            count: Arc::clone(&count),
+        };
+        let service = Service::new(MemTable::new());
+        let server = tokio::spawn(ProstServerStream::new(server_end, service).process());
+
+        // Three requests in one write, then half a header, then the end:
+        // all of it is there before the server first reads.
+        let mut client = ProstStream::<_, CommandResponse, CommandRequest>::new(client_end);
+        for key in ["a", "b", "c"] {
+            client
+                .feed(CommandRequest::new_hset("t", key, "v"))
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        let raw = client.inner_mut();
+        tokio::io::AsyncWriteExt::write_all(raw, &[0, 0])
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::shutdown(raw).await.unwrap();
+
+        // The stream fails, but the three requests ran, and their answers
+        // left first, in one flush.
+        let err = server.await.unwrap().unwrap_err();
+        assert!(matches!(err, KvError::BadFrame(_)), "{err}");
+        for _ in 0..3 {
+            assert!(client.next().await.unwrap().unwrap().is_ok());
+        }
+        assert!(client.next().await.is_none());
+        assert_eq!(*count.lock().unwrap(), 1);
+    }
+    // ANCHOR_END: pipelined_test
 
     #[test]
     fn only_small_requests_with_few_entries_other_than_hgetall_run_inline() {

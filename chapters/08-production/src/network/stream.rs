@@ -372,12 +372,17 @@ where
         Ok(())
     }
 
-    /// Writes everything buffered, then flushes the stream.
+    /// Writes everything buffered, then flushes the stream. Between
+    /// frames, that restarts the idle clock: a client that was reading our
+    /// answers was not idle.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
         let this = self.get_mut();
         ready!(this.poll_encoding(cx))?;
         ready!(this.poll_write_buf(cx))?;
         ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
+        if this.read_buf.is_empty() {
+            this.armed = None;
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -633,7 +638,7 @@ mod tests {
         let (len, decodes) = inline(CommandRequest::new_hset("t", "k", "v".repeat(100_000)));
         assert!(len < INLINE_LIMIT && !decodes);
         // Small, but too many entries.
-        let keys = (0..INLINE_ENTRIES).map(|i| i.to_string());
+        let keys = (0..=INLINE_ENTRIES).map(|i| i.to_string());
         let (len, decodes) = inline(CommandRequest::new_hmget("t", keys));
         assert!(len < 1024 && !decodes);
     }

@@ -149,8 +149,8 @@ pub struct Echo {
 }
 
 impl Echo {
-    /// Frames of the same lengths as our protocol's, for values of
-    /// `value_len` bytes (hset answers with the value it replaces).
+    /// Frames of the same lengths as our protocol's, for `value` in
+    /// `table` (an `hset` answers with the value it replaces).
     pub fn like_kv(table: &str, value: &Bytes) -> anyhow::Result<Self> {
         let frame_len = |message: &dyn Fn(&mut BytesMut) -> Result<(), kv::KvError>| {
             let mut buf = BytesMut::new();

@@ -155,7 +155,8 @@ fn chart(
         .collect();
     anyhow::ensure!(!all.is_empty(), "no runs with requests to chart");
     let (lo, hi) = min_max(&all);
-    let (lo, hi) = (lo / 2.0, hi * 2.0);
+    // Room above the bars for the legend: a log scale's top decade.
+    let (lo, hi) = (lo / 2.0, hi * 16.0);
     let labels: Vec<String> = cells.keys().map(cell_label).collect();
 
     let root = SVGBackend::new(path, (960, 480)).into_drawing_area();

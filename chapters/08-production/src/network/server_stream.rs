@@ -202,7 +202,6 @@ where
         }
         Ok(())
     }
-
     // ANCHOR_END: queue
 
     /// Ends with `err`, after trying to send the answers that wait: their

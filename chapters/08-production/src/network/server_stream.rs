@@ -506,14 +506,14 @@ mod tests {
         let service = Service::new(MemTable::new());
         let server = tokio::spawn(ProstServerStream::new(server_end, service).process());
 
-        // Three requests in one write, then half a header, then the end:
-        // all of it is there before the server first reads.
+        // More requests than may wait for their answers, in one write,
+        // then half a header, then the end: all of it is there before the
+        // server first reads.
+        let requests = MAX_UNSENT + 2;
         let mut client = ProstStream::<_, CommandResponse, CommandRequest>::new(client_end);
-        for key in ["a", "b", "c"] {
-            client
-                .feed(CommandRequest::new_hset("t", key, "v"))
-                .await
-                .unwrap();
+        for key in 0..requests {
+            let request = CommandRequest::new_hset("t", key.to_string(), "v");
+            client.feed(request).await.unwrap();
         }
         client.flush().await.unwrap();
         let raw = client.inner_mut();
@@ -522,15 +522,15 @@ mod tests {
             .unwrap();
         tokio::io::AsyncWriteExt::shutdown(raw).await.unwrap();
 
-        // The stream fails, but the three requests ran, and their answers
-        // left first, in one flush.
+        // The stream fails, but every request ran, and the answers left
+        // first: in two flushes, the first once `MAX_UNSENT` were waiting.
         let err = server.await.unwrap().unwrap_err();
         assert!(matches!(err, KvError::BadFrame(_)), "{err}");
-        for _ in 0..3 {
+        for _ in 0..requests {
             assert!(client.next().await.unwrap().unwrap().is_ok());
         }
         assert!(client.next().await.is_none());
-        assert_eq!(*count.lock().unwrap(), 1);
+        assert_eq!(*count.lock().unwrap(), 2);
     }
     // ANCHOR_END: pipelined_test
 

@@ -350,21 +350,15 @@ where
     /// `poll_ready` and `poll_flush` wait for it.
     fn start_send(self: Pin<&mut Self>, item: Out) -> Result<(), KvError> {
         let this = self.get_mut();
-        if item.entries() > INLINE_ENTRIES || item.encoded_len() > INLINE_LIMIT {
-            this.encoding = Some(tokio::task::spawn_blocking(move || {
-                let mut frame = BytesMut::new();
-                item.encode_frame(&mut frame)?;
-                Ok(frame)
-            }));
-            return Ok(());
-        }
-        // Copying it into a payload takes microseconds; compressing that
-        // may take longer.
-        let payload = item.encode_to_vec();
-        if !compresses(&payload) {
-            return write_frame(&payload, &mut this.write_buf);
+        // A small message with few entries becomes a payload in about the
+        // time of a copy; compressing that payload may take longer.
+        let cheap = item.entries() <= INLINE_ENTRIES && item.encoded_len() <= INLINE_LIMIT;
+        let payload = cheap.then(|| item.encode_to_vec());
+        if let Some(payload) = payload.as_deref().filter(|payload| !compresses(payload)) {
+            return write_frame(payload, &mut this.write_buf);
         }
         this.encoding = Some(tokio::task::spawn_blocking(move || {
+            let payload = payload.unwrap_or_else(|| item.encode_to_vec());
             let mut frame = BytesMut::new();
             write_frame(&payload, &mut frame)?;
             Ok(frame)
@@ -585,6 +579,38 @@ mod tests {
         let err = stream.next().await.unwrap().unwrap_err();
         assert!(matches!(err, KvError::Timeout(_)), "{err}");
         assert!(err.to_string().contains("no request"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_flush_restarts_the_idle_clock() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let idle = std::time::Duration::from_millis(200);
+        let (mut near, far) = tokio::io::duplex(64);
+        let mut stream = ProstStream::<_, CommandRequest, CommandRequest>::new(far)
+            .read_timeouts(Some(idle), None);
+        // Nothing has come: the idle clock starts.
+        assert!(stream.next().now_or_never().is_none());
+        // An answer that the client takes longer than the idle timeout to
+        // read, and then a request soon after.
+        let answer = CommandRequest::new_hset("t", "k", "v".repeat(1000));
+        let mut frame = BytesMut::new();
+        answer.encode_frame(&mut frame).unwrap();
+        let client = tokio::spawn(async move {
+            tokio::time::sleep(idle * 3 / 2).await;
+            let mut read = vec![0; frame.len()];
+            near.read_exact(&mut read).await.unwrap();
+            tokio::time::sleep(idle / 2).await;
+            let mut request = BytesMut::new();
+            CommandRequest::new_hget("t", "k")
+                .encode_frame(&mut request)
+                .unwrap();
+            near.write_all(&request).await.unwrap();
+            near
+        });
+        stream.send(answer).await.unwrap();
+        // The wait counts from the end of the flush, not from before it.
+        assert!(stream.next().await.unwrap().is_ok());
+        drop(client.await.unwrap());
     }
     // ANCHOR_END: timeout_tests
 

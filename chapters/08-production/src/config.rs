@@ -290,6 +290,46 @@ fn open_file_limit() -> Option<usize> {
 }
 // ANCHOR_END: max_connections
 
+// ANCHOR: memory_limit
+/// How much memory this process may use: the smallest of its address
+/// space limit (`ulimit -v`), its cgroup's `memory.max` (a container's
+/// limit) and the machine's physical memory. The memory budgets' defaults
+/// are shares of it, as the connection limit's is of the file limit.
+pub fn memory_available() -> usize {
+    let limits = [address_space_limit(), cgroup_memory_limit(), physical_memory()];
+    limits.into_iter().flatten().min().unwrap_or(1 << 30)
+}
+
+/// The soft limit on address space (`ulimit -v`), if there is one.
+#[cfg(unix)]
+fn address_space_limit() -> Option<usize> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::As);
+    limit.current.and_then(|n| usize::try_from(n).ok())
+}
+
+#[cfg(not(unix))]
+fn address_space_limit() -> Option<usize> {
+    None
+}
+
+/// The `memory.max` of this process's cgroup (version 2), if it has one.
+fn cgroup_memory_limit() -> Option<usize> {
+    // "0::/some/path": the cgroup, below where cgroups are mounted.
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|line| line.strip_prefix("0::"))?;
+    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).ok()?;
+    max.trim().parse().ok() // "max" means none, and does not parse
+}
+
+/// The machine's memory, from `/proc/meminfo` ("MemTotal: 16318480 kB").
+fn physical_memory() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+// ANCHOR_END: memory_limit
+
 // ANCHOR: client
 /// Everything `kvc` can be told, as its configuration file holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -437,6 +477,18 @@ mod tests {
         assert!(err.contains("kvs.toml") && err.contains("listen"), "{err}");
         let err = load::<KvsConfig>(&dir.path().join("missing.toml")).unwrap_err();
         assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_memory_available_is_at_most_the_address_space_limit() {
+        let available = memory_available();
+        assert!(available > 0);
+        if let Some(limit) = address_space_limit() {
+            assert!(available <= limit, "{available} > {limit}");
+        }
+        if let Some(physical) = physical_memory() {
+            assert!(available <= physical, "{available} > {physical}");
+        }
     }
 
     #[test]

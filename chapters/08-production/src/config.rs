@@ -13,8 +13,9 @@ use std::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
-    DEFAULT_CONNECTION_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS,
-    DEFAULT_SUBSCRIBER_QUEUE, KvError, MAX_SUBSCRIBER_QUEUE, network::yamux_config,
+    DEFAULT_CONNECTION_MEMORY, DEFAULT_CONNECTION_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_SUBSCRIBER_QUEUE, KvError,
+    MAX_SUBSCRIBER_QUEUE, network::yamux_config,
 };
 // ANCHOR_END: imports
 
@@ -70,6 +71,16 @@ pub struct Limits {
     pub max_frame: usize,
     /// How many bytes a connection's streams may hold unread, together.
     pub connection_window: usize,
+    /// How many bytes one connection may make the server hold: frames
+    /// being read, answers waiting, subscription queues. At least three
+    /// times `max_frame`.
+    pub connection_memory: usize,
+    /// How many bytes all connections together may make the server hold;
+    /// past it, the connection holding the most is closed. Without it, a
+    /// quarter of the memory the process may use (see
+    /// [`default_client_memory`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_memory: Option<usize>,
     /// How many messages may wait for a subscriber before it is dropped.
     pub subscriber_queue: usize,
     /// Seconds a client has to finish the TLS handshake.
@@ -170,6 +181,8 @@ impl Default for Limits {
             max_streams: DEFAULT_MAX_STREAMS,
             max_frame: DEFAULT_MAX_FRAME,
             connection_window: DEFAULT_CONNECTION_WINDOW,
+            connection_memory: DEFAULT_CONNECTION_MEMORY,
+            client_memory: None,
             subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
@@ -238,6 +251,17 @@ impl KvsConfig {
         if limits.max_frame == 0 {
             return bad("limits.max_frame", "must be at least 1".into());
         }
+        let least = limits.max_frame.saturating_mul(3);
+        if limits.connection_memory < least {
+            let reason = format!("must be at least three times limits.max_frame: {least}");
+            return bad("limits.connection_memory", reason);
+        }
+        if let Some(all) = limits.client_memory
+            && all < limits.connection_memory
+        {
+            let reason = "must be at least limits.connection_memory".into();
+            return bad("limits.client_memory", reason);
+        }
         if !(1..=MAX_SUBSCRIBER_QUEUE).contains(&limits.subscriber_queue) {
             let reason = format!("must be from 1 to {MAX_SUBSCRIBER_QUEUE}");
             return bad("limits.subscriber_queue", reason);
@@ -296,7 +320,11 @@ fn open_file_limit() -> Option<usize> {
 /// limit) and the machine's physical memory. The memory budgets' defaults
 /// are shares of it, as the connection limit's is of the file limit.
 pub fn memory_available() -> usize {
-    let limits = [address_space_limit(), cgroup_memory_limit(), physical_memory()];
+    let limits = [
+        address_space_limit(),
+        cgroup_memory_limit(),
+        physical_memory(),
+    ];
     limits.into_iter().flatten().min().unwrap_or(1 << 30)
 }
 
@@ -327,6 +355,14 @@ fn physical_memory() -> Option<usize> {
     let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+/// The budget of all client connections together when none is set: a
+/// quarter of what the process may use. The rest is for the stored data
+/// (see `default_max_memory`), yamux's windows, the allocator's slack and
+/// the program itself.
+pub fn default_client_memory() -> usize {
+    memory_available() / 4
 }
 // ANCHOR_END: memory_limit
 
@@ -454,6 +490,11 @@ mod tests {
             ("[limits]\nidle_timeout = 0", "limits.idle_timeout"),
             ("[limits]\nidle_timeout = 1e19", "limits.idle_timeout"),
             ("[limits]\nsubscriber_queue = 0", "limits.subscriber_queue"),
+            (
+                "[limits]\nconnection_memory = 1000",
+                "limits.connection_memory",
+            ),
+            ("[limits]\nclient_memory = 1000", "limits.client_memory"),
             ("[tls]\ncert = \"a.pem\"", "tls.cert / tls.key"),
         ];
         for (text, key) in cases {

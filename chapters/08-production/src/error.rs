@@ -57,6 +57,33 @@ pub enum KvError {
     #[error("the server is full: at most {max} connections at once")]
     TooManyConnections { max: usize },
 
+    #[error(
+        "this connection holds too much: {more} bytes more would pass its \
+         memory budget of {limit} bytes ({used} held); read the answers \
+         waiting, or send less at once"
+    )]
+    ConnectionMemory {
+        more: usize,
+        used: usize,
+        limit: usize,
+    },
+
+    #[error(
+        "the server's memory for clients is full: {more} bytes more would \
+         pass its budget of {limit} bytes ({used} held); try again later"
+    )]
+    ServerMemory {
+        more: usize,
+        used: usize,
+        limit: usize,
+    },
+
+    #[error(
+        "closed to give memory back: the clients' memory was full, and this \
+         connection held the most ({held} bytes)"
+    )]
+    Evicted { held: usize },
+
     #[error("the server is shutting down")]
     ShuttingDown,
 
@@ -91,8 +118,13 @@ impl KvError {
             KvError::NotFound { .. } | KvError::NoSubscription { .. } => 404,
             KvError::InvalidCommand(_) | KvError::BadFrame(_) | KvError::Decode(_) => 400,
             KvError::FrameTooLarge { .. } | KvError::TooManyEntries { .. } => 413,
-            KvError::TooManyStreams { .. } | KvError::Lagged { .. } => 429,
-            KvError::TooManyConnections { .. } | KvError::ShuttingDown => 503,
+            KvError::TooManyStreams { .. }
+            | KvError::Lagged { .. }
+            | KvError::ConnectionMemory { .. } => 429,
+            KvError::TooManyConnections { .. }
+            | KvError::ShuttingDown
+            | KvError::ServerMemory { .. }
+            | KvError::Evicted { .. } => 503,
             KvError::Timeout(_) => 408,
             KvError::Refused { status, .. } => *status,
             KvError::Storage(_)

@@ -9,6 +9,7 @@
 //! it: [configuration files](config), limits and timeouts in
 //! [`ServerConfig`], a graceful shutdown, and [metrics](telemetry).
 
+mod budget;
 mod certs;
 pub mod config;
 mod error;
@@ -20,6 +21,7 @@ mod storage;
 pub mod telemetry;
 mod tls;
 
+pub use budget::{ConnectionBudget, Held, MemoryBudget};
 pub use certs::{DevCertPaths, DevCerts};
 pub use config::{KvcConfig, KvsConfig};
 pub use error::KvError;
@@ -33,10 +35,10 @@ pub use pb::abi::{
     CommandRequest, CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset,
     Hset, Kvpair, Publish, Subscribe, Unsubscribe, Value, command_request::RequestData, value,
 };
-pub use server::{ServerConfig, serve, serve_connection};
+pub use server::{DEFAULT_CONNECTION_MEMORY, ServerConfig, serve, serve_connection};
 pub use service::{
-    Answer, Broadcaster, CommandService, ConnectionId, DEFAULT_SUBSCRIBER_QUEUE, Hook, HookMut,
-    MAX_SUBSCRIBER_QUEUE, MAX_TOPIC_LEN, Service, ServiceBuilder, Subscription,
+    Answer, Broadcaster, CommandService, ConnectionId, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Hook,
+    HookMut, MAX_SUBSCRIBER_QUEUE, MAX_TOPIC_LEN, Service, ServiceBuilder, Subscription,
 };
 pub use storage::{MemTable, RedbStore, Storage, StorageIter, TableRead, TableWrite};
 pub use tls::{

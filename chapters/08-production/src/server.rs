@@ -19,10 +19,10 @@ use yamux::{Connection, Mode};
 
 use crate::{
     ConnectionId, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, KvError,
-    MuxStream, ProstServerStream, Service, Storage, TlsServerAcceptor,
+    MemoryBudget, MuxStream, ProstServerStream, Service, Storage, TlsServerAcceptor,
     config::{
         DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, MAX_TIMEOUT,
-        default_max_connections,
+        default_client_memory, default_max_connections,
     },
     network::{Lingering, linger, yamux_config},
     telemetry::{self, Metered, Open},
@@ -48,6 +48,15 @@ pub struct ServerConfig {
     /// How many connections may be open at once. One more is told that
     /// the server is full, and closed; the others go on.
     pub max_connections: usize,
+    /// How many bytes one connection may make the server hold: frames
+    /// being read and inflated, answers waiting to be sent, its
+    /// subscriptions' queues. Work past it is refused with a 429 error.
+    /// At least three times `max_frame`.
+    pub connection_memory: usize,
+    /// How many bytes all connections together may make the server hold.
+    /// Past it, work is refused with a 503 error, and the connection
+    /// holding the most is closed.
+    pub client_memory: usize,
     /// How long a frame may take to arrive, once it has started.
     pub frame_timeout: Duration,
     /// How long a stream may wait for a request, and a connection may have
@@ -69,6 +78,8 @@ impl ServerConfig {
             max_streams: DEFAULT_MAX_STREAMS,
             connection_window: DEFAULT_CONNECTION_WINDOW,
             max_connections: default_max_connections(),
+            connection_memory: DEFAULT_CONNECTION_MEMORY,
+            client_memory: default_client_memory(),
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
@@ -87,6 +98,18 @@ impl ServerConfig {
                 Semaphore::MAX_PERMITS
             )));
         }
+        let least = self.max_frame.saturating_mul(3);
+        if self.connection_memory < least {
+            return Err(KvError::Config(format!(
+                "a connection's memory budget must be at least three times the frame \
+                 limit ({least} bytes): a request, and an answer, of the largest size"
+            )));
+        }
+        if self.client_memory < self.connection_memory {
+            return Err(KvError::Config(
+                "the clients' memory budget must be at least one connection's".into(),
+            ));
+        }
         let timeouts = [self.frame_timeout, self.idle_timeout, self.write_timeout];
         if !timeouts.iter().all(|t| !t.is_zero() && *t <= MAX_TIMEOUT) {
             return Err(KvError::Config(
@@ -96,6 +119,10 @@ impl ServerConfig {
         Ok(())
     }
 }
+
+/// A connection's memory budget, unless told otherwise: 64 MiB, four
+/// frames of the default limit.
+pub const DEFAULT_CONNECTION_MEMORY: usize = 4 * DEFAULT_MAX_FRAME;
 // ANCHOR_END: config
 
 // ANCHOR: serve
@@ -128,6 +155,7 @@ where
     let config = Arc::new(config);
     let places = Arc::new(Semaphore::new(config.max_connections));
     let refusing = Arc::new(Semaphore::new(REFUSING));
+    let memory = MemoryBudget::new(config.client_memory);
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -164,7 +192,8 @@ where
             }
         };
         let span = info_span!("connection", %peer);
-        let task = connection(stream, peer, full, service.clone(), Arc::clone(&config));
+        let (service, config) = (service.clone(), Arc::clone(&config));
+        let task = connection(stream, peer, full, service, config, memory.clone());
         let task = async move {
             task.await;
             drop(place);
@@ -187,6 +216,7 @@ async fn connection<Store: Storage + 'static>(
     full: bool,
     service: Service<Store>,
     config: Arc<ServerConfig>,
+    memory: MemoryBudget,
 ) {
     info!("client connected");
     let _open = (!full).then(|| {
@@ -212,7 +242,7 @@ async fn connection<Store: Storage + 'static>(
                 return Ok(());
             }
         };
-        drive(stream, service, &config, full).await
+        drive(stream, service, &config, &memory, full).await
     };
     let result = if full {
         tokio::time::timeout(REFUSAL_TIME, serving)
@@ -244,7 +274,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     Store: Storage + 'static,
 {
-    drive(io, service, config, false).await
+    let memory = MemoryBudget::new(config.client_memory);
+    drive(io, service, config, &memory, false).await
 }
 
 /// The driver of one connection. On a `full` server, the connection gets
@@ -254,6 +285,7 @@ async fn drive<S, Store>(
     io: S,
     service: Service<Store>,
     config: &ServerConfig,
+    memory: &MemoryBudget,
     full: bool,
 ) -> Result<(), KvError>
 where
@@ -271,6 +303,7 @@ where
     // Every stream of this connection says it belongs to this connection:
     // any of them may end the connection's subscriptions.
     let id = ConnectionId::new();
+    let budget = memory.connection(config.connection_memory);
     let shutdown = &config.shutdown;
     let mut tasks = JoinSet::new();
     let idle_timeout = config.idle_timeout;
@@ -309,6 +342,7 @@ where
                         let stream = ProstServerStream::new(stream, service)
                             .max_frame(config.max_frame)
                             .connection(id)
+                            .budget(budget.clone())
                             .shutdown(shutdown.clone())
                             .read_timeouts(config.idle_timeout, config.frame_timeout)
                             .write_timeout(config.write_timeout);
@@ -335,6 +369,12 @@ where
                 break Ok(());
             }
             () = shutdown.cancelled(), if tasks.is_empty() => {}
+            () = budget.evicted() => {
+                let held = budget.used();
+                info!(held, "closing a connection: the clients' memory is full, and it holds the most");
+                tasks.abort_all();
+                break Err(KvError::Evicted { held });
+            }
         }
     };
     // The connection has ended, or no stream is left: the tasks see the

@@ -31,6 +31,7 @@ use crate::{CommandRequest, RequestData};
 pub const CONNECTIONS: &str = "kv_connections_total";
 pub const CONNECTIONS_OPEN: &str = "kv_connections_open";
 pub const CONNECTIONS_REJECTED: &str = "kv_connections_rejected_total";
+pub const CONNECTIONS_EVICTED: &str = "kv_connections_evicted_total";
 pub const STREAMS_OPEN: &str = "kv_streams_open";
 pub const REQUESTS: &str = "kv_requests_total";
 pub const REQUEST_SECONDS: &str = "kv_request_duration_seconds";
@@ -50,6 +51,10 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_REJECTED,
         "Connections turned away, by reason: full, or out of file descriptors."
+    );
+    describe_counter!(
+        CONNECTIONS_EVICTED,
+        "Connections closed because the clients' memory was full: those holding the most."
     );
     describe_gauge!(STREAMS_OPEN, "Streams open now, on all connections.");
     describe_counter!(REQUESTS, "Requests run, by command and status.");

@@ -25,7 +25,7 @@ use clap::Parser;
 use kv::{
     DevCertPaths, DevCerts, KvsConfig, MemTable, RedbStore, ServerConfig, Service, Storage,
     TlsServerAcceptor,
-    config::{self, LogFormat, default_max_connections},
+    config::{self, LogFormat, default_client_memory, default_max_connections},
     serve, telemetry,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -65,6 +65,14 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_streams: Option<usize>,
 
+    /// How many bytes one connection may make the server hold.
+    #[arg(long, value_name = "BYTES")]
+    connection_memory: Option<usize>,
+
+    /// How many bytes all connections together may make the server hold.
+    #[arg(long, value_name = "BYTES")]
+    client_memory: Option<usize>,
+
     /// Serve Prometheus metrics over HTTP at this address.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
@@ -99,6 +107,8 @@ impl Args {
         set(&mut config.db, self.db.clone().map(Some));
         set(&mut limits.max_connections, self.max_connections.map(Some));
         set(&mut limits.max_streams, self.max_streams);
+        set(&mut limits.connection_memory, self.connection_memory);
+        set(&mut limits.client_memory, self.client_memory.map(Some));
         set(&mut config.metrics.listen, self.metrics.clone().map(Some));
         set(&mut config.log.format, self.log_format);
         set(&mut config.tls.ca, self.ca.clone().map(Some));
@@ -109,6 +119,9 @@ impl Args {
         limits
             .max_connections
             .get_or_insert_with(default_max_connections);
+        limits
+            .client_memory
+            .get_or_insert_with(default_client_memory);
         config.check().with_context(|| match &self.config {
             Some(path) => format!("bad settings in {} or the flags", path.display()),
             None => "bad settings in the flags".into(),
@@ -316,6 +329,8 @@ fn server_config(config: &KvsConfig) -> anyhow::Result<ServerConfig> {
     server.max_connections = limits
         .max_connections
         .unwrap_or_else(default_max_connections);
+    server.connection_memory = limits.connection_memory;
+    server.client_memory = limits.client_memory.unwrap_or_else(default_client_memory);
     server.frame_timeout = limits.frame_timeout;
     server.idle_timeout = limits.idle_timeout;
     server.write_timeout = limits.write_timeout;

@@ -19,7 +19,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use prost::Message;
 
-use crate::{CommandRequest, CommandResponse, KvError, RequestData};
+use crate::{CommandRequest, CommandResponse, KvError, RequestData, budget::Held};
 
 // ANCHOR: constants
 /// The size of the frame header.
@@ -102,37 +102,77 @@ pub trait FrameCoder: Message + Default + Sized + 'static {
     /// it is decoded: a few bytes of protobuf can stand for an entry that
     /// takes a hundred bytes of memory.
     fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Self, KvError> {
-        // Take the whole buffer, allocation and all: `buf` starts afresh.
-        let frame = std::mem::take(buf);
-        if frame.len() < HEADER_LEN {
-            return Err(KvError::BadFrame("shorter than a frame header".into()));
-        }
-        let (compressed, len) = parse_header(&frame[..HEADER_LEN]);
-        let payload = &frame[HEADER_LEN..];
-        if payload.len() != len {
-            return Err(KvError::BadFrame(format!(
-                "header says {len} bytes, frame has {}",
-                payload.len()
-            )));
-        }
-        if !compressed {
-            return decode_counted(payload, max_len);
-        }
-
-        let mut inflated = Vec::new();
-        // Read at most one byte more than allowed: getting it means "too big".
-        GzDecoder::new(payload)
-            .take((max_len as u64).saturating_add(1))
-            .read_to_end(&mut inflated)
-            .map_err(|err| KvError::BadFrame(format!("invalid gzip payload: {err}")))?;
-        if inflated.len() > max_len {
-            return Err(KvError::BadFrame(format!(
-                "payload inflates to more than {max_len} bytes"
-            )));
-        }
-        decode_counted(&inflated, max_len)
+        decode_held(buf, max_len, None)
     }
 }
+
+// ANCHOR: decode_held
+/// [`FrameCoder::decode_frame`], holding the inflated payload's bytes
+/// against `held`, if given, before they are allocated: a compressed frame
+/// of a few bytes cannot make a connection hold more than its budget.
+pub(crate) fn decode_held<M: FrameCoder>(
+    buf: &mut BytesMut,
+    max_len: usize,
+    held: Option<&mut Held>,
+) -> Result<M, KvError> {
+    // Take the whole buffer, allocation and all: `buf` starts afresh.
+    let frame = std::mem::take(buf);
+    if frame.len() < HEADER_LEN {
+        return Err(KvError::BadFrame("shorter than a frame header".into()));
+    }
+    let (compressed, len) = parse_header(&frame[..HEADER_LEN]);
+    let payload = &frame[HEADER_LEN..];
+    if payload.len() != len {
+        return Err(KvError::BadFrame(format!(
+            "header says {len} bytes, frame has {}",
+            payload.len()
+        )));
+    }
+    if !compressed {
+        return decode_counted(payload, max_len);
+    }
+    let inflated = inflate(payload, max_len, held)?;
+    decode_counted(&inflated, max_len)
+}
+
+/// Inflates a gzip payload of at most `max_len` bytes. The buffer doubles
+/// as the payload comes out, and each growth is held against `held` first.
+fn inflate(
+    payload: &[u8],
+    max_len: usize,
+    mut held: Option<&mut Held>,
+) -> Result<Vec<u8>, KvError> {
+    let bad = |err: std::io::Error| KvError::BadFrame(format!("invalid gzip payload: {err}"));
+    // One byte more than allowed may come out: getting it means "too big".
+    let most = max_len.saturating_add(1);
+    let mut gzip = GzDecoder::new(payload).take(most as u64);
+    let mut inflated = Vec::new();
+    let mut filled = 0;
+    loop {
+        if filled == inflated.len() {
+            let room = (2 * filled).max(READ_CHUNK).min(most);
+            if room <= filled {
+                break; // full: at `most` bytes already
+            }
+            if let Some(held) = held.as_deref_mut() {
+                held.grow(room - filled)?;
+            }
+            inflated.resize(room, 0);
+        }
+        match gzip.read(&mut inflated[filled..]).map_err(bad)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    if filled > max_len {
+        return Err(KvError::BadFrame(format!(
+            "payload inflates to more than {max_len} bytes"
+        )));
+    }
+    inflated.truncate(filled);
+    Ok(inflated)
+}
+// ANCHOR_END: decode_held
 
 // The repeated fields of a request are in its command (`Hmget::keys`);
 // those of a response are its own (`values`, `pairs`).

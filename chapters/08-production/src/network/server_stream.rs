@@ -15,8 +15,8 @@ use super::{
     stream::ProstStream,
 };
 use crate::{
-    Answer, CommandRequest, CommandResponse, ConnectionId, KvError, MemTable, RequestData, Service,
-    Storage, Subscription, telemetry,
+    Answer, CommandRequest, CommandResponse, ConnectionBudget, ConnectionId, Delivery, KvError,
+    MemTable, RequestData, Service, Storage, Subscription, telemetry,
 };
 // ANCHOR_END: imports
 
@@ -34,6 +34,7 @@ pub struct ProstServerStream<S, Store = MemTable> {
     inner: ProstStream<S, CommandRequest, CommandResponse>,
     service: Service<Store>,
     connection: ConnectionId,
+    budget: ConnectionBudget,
     shutdown: CancellationToken,
     write_timeout: Option<Duration>,
     /// Answers in the write buffer, not yet flushed.
@@ -50,6 +51,7 @@ where
             inner: ProstStream::new(stream),
             service,
             connection: ConnectionId::new(),
+            budget: ConnectionBudget::unlimited(),
             shutdown: CancellationToken::new(),
             write_timeout: None,
             unsent: 0,
@@ -81,6 +83,15 @@ where
     /// streams may end them.
     pub fn connection(mut self, connection: ConnectionId) -> Self {
         self.connection = connection;
+        self
+    }
+
+    /// Holds what this stream makes the server hold (frames being read,
+    /// answers waiting, its subscription's queue) against `budget`, its
+    /// connection's; by default, against none.
+    pub fn budget(mut self, budget: ConnectionBudget) -> Self {
+        self.inner = self.inner.budget(budget.clone());
+        self.budget = budget;
         self
     }
 
@@ -148,8 +159,13 @@ where
                     linger(self.inner.inner_mut()).await;
                     return Err(err);
                 }
-                // Too slow: say so, then end the stream.
-                Err(err @ KvError::Timeout(_)) => {
+                // Too slow, or a frame that does not fit in the memory
+                // budget: say so, then end the stream.
+                Err(
+                    err @ (KvError::Timeout(_)
+                    | KvError::ConnectionMemory { .. }
+                    | KvError::ServerMemory { .. }),
+                ) if self.inner.is_terminated() => {
                     self.send(self.service.refuse(&err)).await?;
                     self.close().await?;
                     return Err(err);
@@ -186,7 +202,15 @@ where
     /// only if the buffer is full; fails if the client does not read that
     /// within the write timeout.
     async fn queue(&mut self, response: CommandResponse) -> Result<(), KvError> {
-        within(self.write_timeout, self.inner.feed(response)).await?;
+        match within(self.write_timeout, self.inner.feed(response)).await {
+            Err(err @ (KvError::ConnectionMemory { .. } | KvError::ServerMemory { .. })) => {
+                // No room for the answer now: a short one says why.
+                let mut refusal = self.service.refuse(&err);
+                refusal.message = format!("the request ran, but {}", refusal.message);
+                within(self.write_timeout, self.inner.feed(refusal)).await?;
+            }
+            queued => queued?,
+        }
         self.unsent += 1;
         Ok(())
     }
@@ -236,22 +260,21 @@ where
         self.inner.set_idle_timeout(None);
         self.inner = self.inner.max_frame(SUBSCRIBER_MAX_FRAME);
         // The id, before anything else can happen. It has had its hooks.
-        if let Some(first) = subscription.next().await {
+        if let Some(Delivery::Answer(first)) = subscription.next().await {
             self.send(first).await?;
         }
         let mut shutting_down = false;
         let result = loop {
             tokio::select! {
-                answer = subscription.next() => {
-                    let Some(mut answer) = answer else { break Ok(()) };
-                    self.service.before_send(&mut answer);
+                delivery = subscription.next() => {
+                    let Some(delivery) = delivery else { break Ok(()) };
                     // Sending waits for the client to read. If it fell
                     // behind meanwhile, stop waiting: the subscription and
                     // its queue go now, and the reason is the last answer.
                     tokio::select! {
                         // A send that can finish goes first.
                         biased;
-                        sent = self.send(answer) => match sent {
+                        sent = self.deliver_one(delivery) => match sent {
                             Ok(()) => {}
                             Err(err) => break Err(err),
                         },
@@ -289,13 +312,34 @@ where
         }
         self.close().await
     }
+    /// Sends one delivery: a published message's frame as it is, or an
+    /// answer, hooks run.
+    async fn deliver_one(&mut self, delivery: Delivery) -> Result<(), KvError> {
+        match delivery {
+            Delivery::Message(frame, held) => {
+                let inner = &mut self.inner;
+                let send = async {
+                    futures::future::poll_fn(|cx| inner.poll_ready_unpin(cx)).await?;
+                    inner.start_send_frame(frame, held);
+                    inner.flush().await
+                };
+                within(self.write_timeout, send).await?;
+                self.service.after_send();
+                Ok(())
+            }
+            Delivery::Answer(mut answer) => {
+                self.service.before_send(&mut answer);
+                self.send(answer).await
+            }
+        }
+    }
     // ANCHOR_END: deliver
 
     // ANCHOR: execute
     /// Runs a request: right here if it is quick, on a thread meant for
     /// blocking work if it may take long. `ProstStream` makes the same
     /// choice for decoding and encoding.
-    async fn execute(&self, request: CommandRequest) -> Result<Answer, KvError> {
+    async fn execute(&mut self, request: CommandRequest) -> Result<Answer, KvError> {
         // The span names the command and, once known, the status and the
         // time taken; never a table, key or value.
         let command = telemetry::command_name(&request);
@@ -308,11 +352,14 @@ where
         let started = Instant::now();
         let heavy = self.service.blocks() || !runs_inline(&request);
         let (service, connection) = (self.service.clone(), self.connection);
+        let budget = self.budget.clone();
         // A closure on a blocking thread is outside the future's span:
         // it enters the span itself.
         let in_span = span.clone();
-        let work = move || in_span.in_scope(|| service.call(request, connection));
+        let work = move || in_span.in_scope(|| service.call(request, connection, &budget));
         let answer = offload(heavy, work).instrument(span.clone()).await?;
+        // The request is gone: what its frame held is free for the answer.
+        self.inner.release_item();
         let status = match &answer {
             Answer::One(response) => response.status,
             Answer::Stream(_) => 200,

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{Sink, Stream, stream::FusedStream};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -22,9 +22,9 @@ use tokio_util::io::poll_read_buf;
 
 use super::frame::{
     DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, INLINE_ENTRIES, INLINE_LIMIT, READ_CHUNK,
-    compresses, decodes_inline, parse_header, write_frame,
+    compresses, decode_held, decodes_inline, parse_header, write_frame,
 };
-use crate::KvError;
+use crate::{ConnectionBudget, Held, KvError};
 // ANCHOR_END: imports
 
 // ANCHOR: struct
@@ -46,13 +46,22 @@ pub struct ProstStream<S, In, Out> {
     /// Encoded frames not yet written. What was written is cut off the
     /// front, so the buffer's start is the write position.
     write_buf: BytesMut,
+    /// A whole frame encoded elsewhere, to write after `write_buf`.
+    pending: Option<(Bytes, Held)>,
+    /// Where the memory this stream holds for its peer is counted, and
+    /// what each buffer holds: `read_buf`'s and `write_buf`'s capacity,
+    /// and the frame of the message last handed out, until the next call.
+    budget: ConnectionBudget,
+    read_held: Held,
+    write_held: Held,
+    item_held: Held,
     max_frame: usize,
     /// Set once the stream cannot yield another message.
     terminated: bool,
     /// A large frame being decoded on a blocking thread.
-    decoding: Option<JoinHandle<Result<In, KvError>>>,
+    decoding: Option<JoinHandle<(Result<In, KvError>, Held)>>,
     /// A large message being encoded on a blocking thread.
-    encoding: Option<JoinHandle<Result<BytesMut, KvError>>>,
+    encoding: Option<JoinHandle<Result<(BytesMut, Held), KvError>>>,
     /// How long to wait for a frame to start, and then to finish.
     idle_timeout: Option<Duration>,
     frame_timeout: Option<Duration>,
@@ -76,11 +85,19 @@ where
     In: FrameCoder,
     Out: FrameCoder,
 {
+    /// A stream whose buffers are counted against no budget, until
+    /// [`ProstStream::budget`] gives it one.
     pub fn new(stream: S) -> Self {
+        let budget = ConnectionBudget::unlimited();
         Self {
             stream,
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
+            pending: None,
+            read_held: budget.empty(),
+            write_held: budget.empty(),
+            item_held: budget.empty(),
+            budget,
             max_frame: DEFAULT_MAX_FRAME,
             terminated: false,
             decoding: None,
@@ -108,6 +125,24 @@ where
         self.armed = None;
     }
 
+    /// Holds the bytes of this stream's buffers against `budget`. A frame
+    /// that does not fit ends the stream with an error; an answer that
+    /// does not fit is refused by `start_send`, and the stream goes on.
+    pub fn budget(mut self, budget: ConnectionBudget) -> Self {
+        self.read_held = budget.empty();
+        self.write_held = budget.empty();
+        self.item_held = budget.empty();
+        self.budget = budget;
+        self
+    }
+
+    /// Gives back what the message last handed out holds against the
+    /// budget, for a caller that is done with it; the next call to
+    /// `poll_next` does anyway.
+    pub fn release_item(&mut self) {
+        let _ = self.item_held.set(0);
+    }
+
     /// Sets the largest payload accepted, before and after inflating.
     pub fn max_frame(mut self, max_len: usize) -> Self {
         self.max_frame = max_len;
@@ -125,7 +160,7 @@ where
     /// Splits the first whole frame off `read_buf`, if it holds one.
     /// A header over the limit is an error at once: its payload will not
     /// be read, so no later frame can be found either.
-    fn next_frame(&mut self) -> Result<Option<BytesMut>, KvError> {
+    fn next_frame(&mut self) -> Result<Option<(BytesMut, Held)>, KvError> {
         if self.read_buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -139,34 +174,79 @@ where
         if self.read_buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
+        // The frame takes its part of the buffer, and of what it holds.
         let frame = self.read_buf.split_to(HEADER_LEN + len);
+        let held = self.read_held.split(frame.len());
         if frame.len() > READ_CHUNK {
             // The rest of the buffer still shares the large frame's
             // memory. Copy the rest (the start of the next frames, if any)
             // to a buffer of its own, so that the memory goes with the
             // frame and a connection does not keep its largest buffer.
             self.read_buf = BytesMut::from(&self.read_buf[..]);
+            self.read_held.set(self.read_buf.capacity())?;
         }
-        Ok(Some(frame))
+        Ok(Some((frame, held)))
+    }
+
+    /// Makes room in `read_buf` for more bytes, once it is full. It grows
+    /// with what has come: it doubles (so a large frame is copied a few
+    /// times, not at every read), but never past the end of the frame its
+    /// header announced, and the room is held against the budget before
+    /// it is allocated.
+    fn make_room(&mut self) -> Result<(), KvError> {
+        let (len, capacity) = (self.read_buf.len(), self.read_buf.capacity());
+        if len < capacity {
+            return Ok(());
+        }
+        let mut room = (2 * capacity).max(len + READ_CHUNK);
+        if len >= HEADER_LEN {
+            // `next_frame` found no whole frame: its end is further on.
+            let (_, payload) = parse_header(&self.read_buf[..HEADER_LEN]);
+            room = room.min(HEADER_LEN + payload);
+        }
+        self.read_held.set(room)?;
+        let mut grown = BytesMut::with_capacity(room);
+        grown.extend_from_slice(&self.read_buf);
+        self.read_buf = grown;
+        Ok(())
     }
     // ANCHOR_END: next_frame
 
     // ANCHOR: poll_write_buf
     /// Writes `write_buf` out, as far as the stream takes it now.
     fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
-        while !self.write_buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.write_buf))?;
-            if n == 0 {
-                // A stream that takes nothing will never take the rest.
-                return Poll::Ready(Err(io::Error::from(ErrorKind::WriteZero).into()));
-            }
-            self.write_buf.advance(n);
-        }
+        ready!(poll_write_all(&mut self.stream, cx, &mut self.write_buf))?;
         if self.write_buf.capacity() > READ_CHUNK {
             // Empty, but large after a large frame: let the memory go.
             self.write_buf = BytesMut::new();
+            self.write_held.set(0)?;
+        }
+        if let Some((frame, _)) = &mut self.pending {
+            ready!(poll_write_all(&mut self.stream, cx, frame))?;
+            self.pending = None;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Makes room in `write_buf` for `more` bytes, held against the budget
+    /// before they are allocated.
+    fn make_write_room(&mut self, more: usize) -> Result<(), KvError> {
+        let (len, capacity) = (self.write_buf.len(), self.write_buf.capacity());
+        if capacity - len >= more {
+            return Ok(());
+        }
+        self.write_held.set((2 * capacity).max(len + more))?;
+        self.write_buf.reserve(more);
+        self.write_held.set(self.write_buf.capacity())
+    }
+
+    /// Puts a frame encoded elsewhere (a published message, encoded once
+    /// for all its subscribers) after the frames waiting to be written.
+    /// Call `poll_ready` first, as for `start_send`; `held` is what the
+    /// frame holds against the budget, given back once it is written.
+    pub fn start_send_frame(&mut self, frame: Bytes, held: Held) {
+        debug_assert!(self.pending.is_none(), "poll_ready first");
+        self.pending = Some((frame, held));
     }
     // ANCHOR_END: poll_write_buf
 
@@ -213,15 +293,36 @@ where
         if let Some(job) = &mut self.encoding {
             let done = ready!(Pin::new(job).poll(cx));
             self.encoding = None;
-            let frame =
+            let (frame, held) =
                 done.map_err(|err| KvError::Internal(format!("encoding failed: {err}")))??;
-            // Moves `frame` in if the buffer is empty, else copies it.
-            self.write_buf.unsplit(frame);
+            // Nothing was put in `write_buf` since the job began (see
+            // `poll_ready`): the frame goes after what is there.
+            self.pending = Some((frame.freeze(), held));
         }
         Poll::Ready(Ok(()))
     }
 }
 // ANCHOR_END: poll_encoding
+
+// ANCHOR: poll_write_all
+/// Writes all of `buf` to `stream`, as far as it takes it now; what was
+/// written is cut off the front of `buf`.
+fn poll_write_all<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut impl Buf,
+) -> Poll<Result<(), KvError>> {
+    while buf.has_remaining() {
+        let n = ready!(Pin::new(&mut *stream).poll_write(cx, buf.chunk()))?;
+        if n == 0 {
+            // A stream that takes nothing will never take the rest.
+            return Poll::Ready(Err(io::Error::from(ErrorKind::WriteZero).into()));
+        }
+        buf.advance(n);
+    }
+    Poll::Ready(Ok(()))
+}
+// ANCHOR_END: poll_write_all
 
 // ANCHOR: stream
 impl<S, In, Out> Stream for ProstStream<S, In, Out>
@@ -236,15 +337,21 @@ where
         // Every field is `Unpin`, so a pinned `ProstStream` may be used as
         // a plain `&mut`.
         let this = self.get_mut();
+        // The message handed out last has been used by now.
+        this.release_item();
         loop {
             // A large frame is being decoded elsewhere: its message (or
             // the reason it does not decode) is the next item.
             if let Some(job) = &mut this.decoding {
                 let done = ready!(Pin::new(job).poll(cx));
                 this.decoding = None;
-                let decoded = done
-                    .map_err(|err| KvError::Internal(format!("decoding failed: {err}")))
-                    .and_then(|decoded| decoded);
+                let decoded = match done {
+                    Ok((decoded, held)) => {
+                        this.item_held = held;
+                        decoded
+                    }
+                    Err(err) => Err(KvError::Internal(format!("decoding failed: {err}"))),
+                };
                 return Poll::Ready(Some(decoded));
             }
             if this.terminated {
@@ -258,14 +365,17 @@ where
             match next {
                 // A whole frame: decode it. If it does not decode, the
                 // error is the item, and the next frame comes after it.
-                Ok(Some(mut frame)) if decodes_inline::<In>(&frame) => {
+                Ok(Some((mut frame, held))) if decodes_inline::<In>(&frame) => {
+                    this.item_held = held;
                     return Poll::Ready(Some(In::decode_frame(&mut frame, this.max_frame)));
                 }
                 // Large or compressed: decode on a thread meant for
                 // blocking work, and poll the job at the top of the loop.
-                Ok(Some(mut frame)) => {
+                // The frame's bytes, and those it inflates to, are held
+                // until the message has been used.
+                Ok(Some((mut frame, mut held))) => {
                     let max = this.max_frame;
-                    let job = move || In::decode_frame(&mut frame, max);
+                    let job = move || (decode_held(&mut frame, max, Some(&mut held)), held);
                     this.decoding = Some(tokio::task::spawn_blocking(job));
                     continue;
                 }
@@ -279,8 +389,9 @@ where
             // No whole frame yet: read more. `ready!` returns `Pending`
             // from here if no bytes are there; whatever was read before
             // stays in `read_buf` for the next call.
-            if this.read_buf.capacity() == this.read_buf.len() {
-                this.read_buf.reserve(READ_CHUNK);
+            if let Err(err) = this.make_room() {
+                this.terminated = true;
+                return Poll::Ready(Some(Err(err)));
             }
             let read = match poll_read_buf(Pin::new(&mut this.stream), cx, &mut this.read_buf) {
                 Poll::Ready(read) => read,
@@ -338,7 +449,9 @@ where
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
         let this = self.get_mut();
         ready!(this.poll_encoding(cx))?;
-        if this.write_buf.len() >= WRITE_BACKPRESSURE {
+        // A frame encoded elsewhere is written before anything is put in
+        // `write_buf`, so that the frames leave in order.
+        if this.pending.is_some() || this.write_buf.len() >= WRITE_BACKPRESSURE {
             ready!(this.poll_write_buf(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -352,16 +465,20 @@ where
         let this = self.get_mut();
         // A small message with few entries becomes a payload in about the
         // time of a copy; compressing that payload may take longer.
-        let cheap = item.entries() <= INLINE_ENTRIES && item.encoded_len() <= INLINE_LIMIT;
+        let len = item.encoded_len();
+        let cheap = item.entries() <= INLINE_ENTRIES && len <= INLINE_LIMIT;
         let payload = cheap.then(|| item.encode_to_vec());
         if let Some(payload) = payload.as_deref().filter(|payload| !compresses(payload)) {
+            this.make_write_room(HEADER_LEN + payload.len())?;
             return write_frame(payload, &mut this.write_buf);
         }
+        // The payload, and the frame made of it: at most as large again.
+        let held = this.budget.hold(2 * len + HEADER_LEN)?;
         this.encoding = Some(tokio::task::spawn_blocking(move || {
             let payload = payload.unwrap_or_else(|| item.encode_to_vec());
-            let mut frame = BytesMut::new();
+            let mut frame = BytesMut::with_capacity(HEADER_LEN + payload.len());
             write_frame(&payload, &mut frame)?;
-            Ok(frame)
+            Ok((frame, held))
         }));
         Ok(())
     }
@@ -637,11 +754,10 @@ mod tests {
         assert!(stream.write_buf.capacity() <= READ_CHUNK, "written, let go");
 
         stream.next().await.unwrap().unwrap();
-        assert!(!stream.read_buf.is_empty(), "the small frame follows");
-        assert!(
-            stream.read_buf.capacity() <= READ_CHUNK,
-            "and the buffer is small"
-        );
+        // The buffer grew to the large frame's end and no further, and
+        // the frame took its memory with it.
+        assert!(stream.read_buf.is_empty(), "{}", stream.read_buf.len());
+        assert!(stream.read_buf.capacity() <= READ_CHUNK, "the buffer is small");
         assert_eq!(stream.next().await.unwrap().unwrap(), small);
     }
     // ANCHOR_END: lean_test

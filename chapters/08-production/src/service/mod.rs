@@ -6,13 +6,16 @@ mod topic;
 use std::sync::Arc;
 
 pub use topic::{
-    Broadcaster, ConnectionId, DEFAULT_SUBSCRIBER_QUEUE, MAX_SUBSCRIBER_QUEUE, MAX_TOPIC_LEN,
-    Subscription,
+    Broadcaster, ConnectionId, DEFAULT_SUBSCRIBER_QUEUE, Delivery, MAX_SUBSCRIBER_QUEUE,
+    MAX_TOPIC_LEN, Subscription,
 };
 
+use bytes::BytesMut;
+use prost::Message;
+
 use crate::{
-    CommandRequest, CommandResponse, DEFAULT_MAX_FRAME, KvError, MemTable, RequestData, Storage,
-    Value,
+    CommandRequest, CommandResponse, ConnectionBudget, DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN,
+    KvError, MemTable, RequestData, Storage, Value,
 };
 
 // ANCHOR: command_service
@@ -40,9 +43,11 @@ pub type HookMut<T> = Box<dyn Fn(&mut T) + Send + Sync>;
 /// `on_received` (with the request, when there is one: a frame that does
 /// not decode has none), `on_executed`, `on_before_send`, and once the
 /// answer has left, `on_after_send`. A subscription's first answer, its
-/// id, is such an answer. Each message it delivers after that, and the
-/// last answer of one that fell behind, pass `on_before_send` and
-/// `on_after_send` only: they were not executed.
+/// id, is such an answer. A published message passes `on_before_send`
+/// once, when it is published (it is encoded once, for every subscriber),
+/// and `on_after_send` for each subscriber it reaches. The last answer of
+/// a subscription that fell behind passes `on_before_send` and
+/// `on_after_send`.
 pub struct Service<S = MemTable> {
     inner: Arc<ServiceInner<S>>,
 }
@@ -96,15 +101,21 @@ impl<S: Storage> Service<S> {
     /// `Subscribe`, the answer is only the first one, with the id, and the
     /// subscription ends with it: a server uses [`Service::call`].
     pub fn execute(&self, request: CommandRequest) -> CommandResponse {
-        match self.call(request, ConnectionId::new()) {
+        match self.call(request, ConnectionId::new(), &ConnectionBudget::unlimited()) {
             Answer::One(response) => response,
             Answer::Stream(mut subscription) => subscription.take_first(),
         }
     }
 
-    /// Runs one request made on connection `connection`: one answer for
-    /// most commands, a stream of them for `Subscribe`.
-    pub fn call(&self, request: CommandRequest, connection: ConnectionId) -> Answer {
+    /// Runs one request made on connection `connection`, whose budget
+    /// holds what its subscriptions' queues hold: one answer for most
+    /// commands, a stream of them for `Subscribe`.
+    pub fn call(
+        &self,
+        request: CommandRequest,
+        connection: ConnectionId,
+        budget: &ConnectionBudget,
+    ) -> Answer {
         let inner = &self.inner;
         for hook in &inner.on_received {
             hook(&request);
@@ -112,7 +123,7 @@ impl<S: Storage> Service<S> {
         // `request_data` moves into the match: nothing is cloned.
         let response = match request.request_data {
             Some(RequestData::Subscribe(cmd)) => {
-                match inner.topics.subscribe(cmd.topic, connection) {
+                match (inner.topics).subscribe(cmd.topic, connection, budget.clone()) {
                     Ok(mut subscription) => {
                         // The id answer passes the hooks like any answer.
                         let first = self.answer(subscription.take_first());
@@ -125,10 +136,7 @@ impl<S: Storage> Service<S> {
             Some(RequestData::Unsubscribe(cmd)) => (inner.topics)
                 .unsubscribe(&cmd.topic, cmd.id, connection)
                 .map(|()| CommandResponse::ok()),
-            Some(RequestData::Publish(cmd)) => {
-                let reached = inner.topics.publish(&cmd.topic, cmd.data);
-                Ok(Value::from(reached as i64).into())
-            }
+            Some(RequestData::Publish(cmd)) => self.publish(&cmd.topic, cmd.data),
             request_data => dispatch(
                 CommandRequest { request_data },
                 &inner.store,
@@ -136,6 +144,21 @@ impl<S: Storage> Service<S> {
             ),
         };
         Answer::One(self.answer(response.unwrap_or_else(CommandResponse::from)))
+    }
+
+    /// Publishes a message with `data` to `topic`, encoded once, after the
+    /// `on_before_send` hooks; answers how many subscribers it reached.
+    fn publish(&self, topic: &str, data: Vec<Value>) -> Result<CommandResponse, KvError> {
+        let topics = &self.inner.topics;
+        if topics.subscribers(topic) == 0 {
+            return Ok(Value::from(0i64).into());
+        }
+        let mut message = CommandResponse::from(data);
+        self.before_send(&mut message);
+        let mut frame = BytesMut::with_capacity(HEADER_LEN + message.encoded_len());
+        message.encode_frame(&mut frame)?;
+        let reached = topics.publish(topic, frame.freeze());
+        Ok(Value::from(reached as i64).into())
     }
 
     /// The topics and their subscribers.

@@ -15,12 +15,13 @@ use std::{
     },
 };
 
+use bytes::Bytes;
 use tokio::sync::{
     Notify,
     mpsc::{self, error::TrySendError},
 };
 
-use crate::{CommandResponse, KvError, Value};
+use crate::{CommandResponse, ConnectionBudget, Held, KvError, Value};
 // ANCHOR_END: imports
 
 // ANCHOR: ids
@@ -72,10 +73,12 @@ struct Table {
     owners: HashMap<u32, (String, ConnectionId)>,
 }
 
-/// The sending end of one subscriber's queue.
+/// The sending end of one subscriber's queue, and the budget of the
+/// connection it belongs to: what waits in its queue is held there.
 struct Mailbox {
-    sender: mpsc::Sender<Arc<CommandResponse>>,
+    sender: mpsc::Sender<(Bytes, Held)>,
     ending: Arc<Ending>,
+    budget: ConnectionBudget,
 }
 
 /// How a subscription that fell behind learns it: not through its queue,
@@ -109,9 +112,15 @@ impl Broadcaster {
     // ANCHOR_END: broadcaster
 
     // ANCHOR: subscribe
-    /// Subscribes `owner` to `topic`. The subscription's first item says
-    /// its id; it ends when it is dropped or unsubscribed.
-    pub fn subscribe(&self, topic: String, owner: ConnectionId) -> Result<Subscription, KvError> {
+    /// Subscribes `owner` to `topic`; the messages waiting in its queue
+    /// are held against `budget`. The subscription's first item says its
+    /// id; it ends when it is dropped or unsubscribed.
+    pub fn subscribe(
+        &self,
+        topic: String,
+        owner: ConnectionId,
+        budget: ConnectionBudget,
+    ) -> Result<Subscription, KvError> {
         if topic.len() > MAX_TOPIC_LEN {
             return Err(KvError::InvalidCommand(format!(
                 "a topic name has at most {MAX_TOPIC_LEN} bytes"
@@ -130,6 +139,7 @@ impl Broadcaster {
         let mailbox = Mailbox {
             sender,
             ending: Arc::clone(&ending),
+            budget,
         };
         table
             .topics
@@ -149,11 +159,13 @@ impl Broadcaster {
     // ANCHOR_END: subscribe
 
     // ANCHOR: publish
-    /// Puts a message with `data` in the queue of every subscriber of
-    /// `topic`, and returns how many it reached. Never waits: a subscriber
-    /// whose queue is full has fallen behind, and its subscription ends.
-    pub fn publish(&self, topic: &str, data: Vec<Value>) -> usize {
-        let message = Arc::new(CommandResponse::from(data));
+    /// Puts a message, encoded once as `frame`, in the queue of every
+    /// subscriber of `topic`, and returns how many it reached. Every queue
+    /// shares the same bytes, and holds them against its connection's
+    /// budget. Never waits: a subscriber whose queue is full, or whose
+    /// connection's budget is, has fallen behind, and its subscription
+    /// ends.
+    pub fn publish(&self, topic: &str, frame: Bytes) -> usize {
         let mut table = self.lock();
         let Some(subscribers) = table.topics.get(topic) else {
             return 0;
@@ -161,17 +173,29 @@ impl Broadcaster {
         let mut reached = 0;
         let mut behind = Vec::new();
         for (&id, mailbox) in subscribers {
-            match mailbox.sender.try_send(Arc::clone(&message)) {
+            let held = match mailbox.budget.hold(frame.len()) {
+                Ok(held) => held,
+                Err(err) => {
+                    behind.push((id, err));
+                    continue;
+                }
+            };
+            match mailbox.sender.try_send((frame.clone(), held)) {
                 Ok(()) => reached += 1,
-                Err(TrySendError::Full(_)) => behind.push(id),
+                Err(TrySendError::Full(_)) => {
+                    let queue = self.queue;
+                    behind.push((id, KvError::Lagged { id, queue }));
+                }
                 // Cannot happen: a subscription leaves the table before its
                 // receiver is dropped. Were it to, leaving is right.
-                Err(TrySendError::Closed(_)) => behind.push(id),
+                Err(TrySendError::Closed(_)) => {
+                    let why = KvError::Internal("the queue was closed".into());
+                    behind.push((id, why));
+                }
             }
         }
-        for id in behind {
-            let queue = self.queue;
-            table.remove(id, Some(KvError::Lagged { id, queue }));
+        for (id, why) in behind {
+            table.remove(id, Some(why));
         }
         reached
     }
@@ -234,13 +258,22 @@ impl Table {
 // ANCHOR_END: unsubscribe
 
 // ANCHOR: subscription
+/// What a subscription hands its stream to send.
+pub enum Delivery {
+    /// An answer to encode: the id, first, or the reason it ended, last.
+    Answer(CommandResponse),
+    /// A published message's frame, and what it holds against the
+    /// subscriber's connection budget until it is written.
+    Message(Bytes, Held),
+}
+
 /// One subscription, as the subscriber sees it: its id first, then the
 /// messages published to its topic, in order. Dropping it unsubscribes.
 pub struct Subscription {
     id: u32,
     /// The answer that says the id, until it has been taken.
     first: Option<CommandResponse>,
-    receiver: mpsc::Receiver<Arc<CommandResponse>>,
+    receiver: mpsc::Receiver<(Bytes, Held)>,
     ending: Arc<Ending>,
     broadcaster: Broadcaster,
     done: bool,
@@ -262,21 +295,20 @@ impl Subscription {
         self.first = Some(first);
     }
 
-    /// The next answer to send: the id, then each message. After the last
+    /// The next thing to send: the id, then each message. After the last
     /// message, an error answer if the subscription was ended for falling
     /// behind; then `None`. Cancel-safe: a call dropped before it returns
     /// loses nothing.
-    pub async fn next(&mut self) -> Option<CommandResponse> {
+    pub async fn next(&mut self) -> Option<Delivery> {
         if let Some(first) = self.first.take() {
-            return Some(first);
+            return Some(Delivery::Answer(first));
         }
         if self.done {
             return None;
         }
         match self.receiver.recv().await {
-            // A copy for this subscriber: the hooks may change it.
-            Some(message) => Some(CommandResponse::clone(&message)),
-            None => self.take_reason().map(CommandResponse::from),
+            Some((frame, held)) => Some(Delivery::Message(frame, held)),
+            None => self.take_reason().map(|why| Delivery::Answer(why.into())),
         }
     }
 
@@ -324,18 +356,45 @@ mod tests {
 
     use super::*;
 
-    fn values(answer: Option<CommandResponse>) -> Vec<Value> {
-        answer.expect("an answer").values
+    use bytes::BytesMut;
+
+    use crate::FrameCoder;
+
+    /// A published message with `data`, as the service encodes it.
+    fn message(data: Vec<Value>) -> Bytes {
+        let mut frame = BytesMut::new();
+        CommandResponse::from(data)
+            .encode_frame(&mut frame)
+            .unwrap();
+        frame.freeze()
+    }
+
+    /// The answer or message delivered, decoded.
+    fn answer(delivery: Option<Delivery>) -> CommandResponse {
+        match delivery.expect("a delivery") {
+            Delivery::Answer(answer) => answer,
+            Delivery::Message(frame, _) => {
+                CommandResponse::decode_frame(&mut BytesMut::from(&frame[..]), 1 << 20).unwrap()
+            }
+        }
+    }
+
+    fn values(delivery: Option<Delivery>) -> Vec<Value> {
+        answer(delivery).values
+    }
+
+    fn unlimited() -> ConnectionBudget {
+        ConnectionBudget::unlimited()
     }
 
     #[tokio::test]
     async fn the_id_comes_before_any_message() {
         let topics = Broadcaster::new(8);
         let mut sub = topics
-            .subscribe("news".into(), ConnectionId::new())
+            .subscribe("news".into(), ConnectionId::new(), unlimited())
             .unwrap();
         // Published before the subscriber reads anything.
-        assert_eq!(topics.publish("news", vec!["first".into()]), 1);
+        assert_eq!(topics.publish("news", message(vec!["first".into()])), 1);
         let id = i64::from(sub.id());
         assert_eq!(values(sub.next().await), [Value::from(id)]);
         assert_eq!(values(sub.next().await), [Value::from("first")]);
@@ -344,10 +403,12 @@ mod tests {
     #[tokio::test]
     async fn messages_arrive_in_the_order_they_were_published() {
         let topics = Broadcaster::new(100);
-        let mut sub = topics.subscribe("n".into(), ConnectionId::new()).unwrap();
+        let mut sub = topics
+            .subscribe("n".into(), ConnectionId::new(), unlimited())
+            .unwrap();
         sub.next().await; // the id
         for i in 0..100i64 {
-            topics.publish("n", vec![i.into()]);
+            topics.publish("n", message(vec![i.into()]));
         }
         for i in 0..100i64 {
             assert_eq!(values(sub.next().await), [Value::from(i)]);
@@ -358,12 +419,12 @@ mod tests {
     async fn a_subscriber_that_does_not_read_holds_up_no_one() {
         let topics = Broadcaster::new(4);
         let owner = ConnectionId::new();
-        let mut slow = topics.subscribe("t".into(), owner).unwrap();
-        let mut fast = topics.subscribe("t".into(), owner).unwrap();
+        let mut slow = topics.subscribe("t".into(), owner, unlimited()).unwrap();
+        let mut fast = topics.subscribe("t".into(), owner, unlimited()).unwrap();
         fast.next().await; // the id
         for i in 0..10i64 {
             // Never waits, whatever `slow` does.
-            let reached = topics.publish("t", vec![i.into()]);
+            let reached = topics.publish("t", message(vec![i.into()]));
             assert_eq!(reached, if i < 4 { 2 } else { 1 });
             assert_eq!(values(fast.next().await), [Value::from(i)]);
         }
@@ -373,7 +434,7 @@ mod tests {
         for i in 0..4i64 {
             assert_eq!(values(slow.next().await), [Value::from(i)]);
         }
-        let last = slow.next().await.expect("a last answer");
+        let last = answer(slow.next().await);
         assert_eq!(last.status, 429);
         assert!(last.message.contains("fell more than 4 messages behind"));
         assert!(slow.next().await.is_none());
@@ -386,17 +447,19 @@ mod tests {
         use futures::FutureExt;
 
         let topics = Broadcaster::new(1);
-        let mut sub = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
+        let mut sub = topics
+            .subscribe("t".into(), ConnectionId::new(), unlimited())
+            .unwrap();
         assert!(sub.fell_behind().now_or_never().is_none(), "not yet");
-        topics.publish("t", vec![1i64.into()]);
-        topics.publish("t", vec![2i64.into()]); // the queue of one is full
+        topics.publish("t", message(vec![1i64.into()]));
+        topics.publish("t", message(vec![2i64.into()])); // the queue of one is full
         assert!(
             sub.fell_behind().now_or_never().is_some(),
             "a sender may stop"
         );
         sub.next().await; // the id
         assert_eq!(values(sub.next().await), [Value::from(1i64)]);
-        assert_eq!(sub.next().await.unwrap().status, 429);
+        assert_eq!(answer(sub.next().await).status, 429);
         // The reason is out: nothing is left to free, nothing to signal.
         assert!(sub.fell_behind().now_or_never().is_none());
     }
@@ -405,7 +468,7 @@ mod tests {
     fn only_the_owner_can_unsubscribe_and_only_from_its_topic() {
         let topics = Broadcaster::new(4);
         let (owner, other) = (ConnectionId::new(), ConnectionId::new());
-        let sub = topics.subscribe("t".into(), owner).unwrap();
+        let sub = topics.subscribe("t".into(), owner, unlimited()).unwrap();
         let err = topics.unsubscribe("t", sub.id(), other).unwrap_err();
         assert_eq!(err.status(), 404);
         assert!(topics.unsubscribe("elsewhere", sub.id(), owner).is_err());
@@ -419,8 +482,8 @@ mod tests {
     async fn unsubscribing_ends_the_stream_after_the_queued_messages() {
         let topics = Broadcaster::new(4);
         let owner = ConnectionId::new();
-        let mut sub = topics.subscribe("t".into(), owner).unwrap();
-        topics.publish("t", vec!["queued".into()]);
+        let mut sub = topics.subscribe("t".into(), owner, unlimited()).unwrap();
+        topics.publish("t", message(vec!["queued".into()]));
         topics.unsubscribe("t", sub.id(), owner).unwrap();
         sub.next().await; // the id
         assert_eq!(values(sub.next().await), [Value::from("queued")]);
@@ -430,7 +493,9 @@ mod tests {
     #[test]
     fn a_subscription_leaves_as_soon_as_it_is_dropped() {
         let topics = Broadcaster::new(4);
-        let sub = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
+        let sub = topics
+            .subscribe("t".into(), ConnectionId::new(), unlimited())
+            .unwrap();
         assert_eq!(topics.subscribers("t"), 1);
         drop(sub);
         assert_eq!(topics.subscribers("t"), 0);
@@ -441,8 +506,12 @@ mod tests {
     #[test]
     fn a_topic_goes_with_its_last_subscriber_and_comes_back_with_the_next() {
         let topics = Broadcaster::new(4);
-        let a = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
-        let b = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
+        let a = topics
+            .subscribe("t".into(), ConnectionId::new(), unlimited())
+            .unwrap();
+        let b = topics
+            .subscribe("t".into(), ConnectionId::new(), unlimited())
+            .unwrap();
         drop(a);
         assert!(topics.lock().topics.contains_key("t"), "b is still there");
         drop(b);
@@ -450,15 +519,20 @@ mod tests {
             !topics.lock().topics.contains_key("t"),
             "gone with the last"
         );
-        let _c = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
-        assert_eq!(topics.publish("t", vec![]), 1, "c is reached");
+        let _c = topics
+            .subscribe("t".into(), ConnectionId::new(), unlimited())
+            .unwrap();
+        assert_eq!(topics.publish("t", message(vec![])), 1, "c is reached");
     }
 
     #[test]
     fn a_topic_name_longer_than_the_limit_is_refused() {
         let topics = Broadcaster::new(4);
         let long = "t".repeat(MAX_TOPIC_LEN + 1);
-        let err = topics.subscribe(long, ConnectionId::new()).err().unwrap();
+        let err = topics
+            .subscribe(long, ConnectionId::new(), unlimited())
+            .err()
+            .unwrap();
         assert_eq!(err.status(), 400);
         assert!(topics.lock().topics.is_empty());
     }
@@ -477,15 +551,23 @@ mod tests {
             let leaver = {
                 let (topics, barrier) = (topics.clone(), Arc::clone(&barrier));
                 thread::spawn(move || {
-                    let sub = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
+                    let sub = topics
+                        .subscribe("t".into(), ConnectionId::new(), unlimited())
+                        .unwrap();
                     barrier.wait();
                     drop(sub);
                 })
             };
             barrier.wait();
-            let newcomer = topics.subscribe("t".into(), ConnectionId::new()).unwrap();
+            let newcomer = topics
+                .subscribe("t".into(), ConnectionId::new(), unlimited())
+                .unwrap();
             leaver.join().unwrap();
-            assert_eq!(topics.publish("t", vec![]), 1, "the newcomer is reached");
+            assert_eq!(
+                topics.publish("t", message(vec![])),
+                1,
+                "the newcomer is reached"
+            );
             drop(newcomer);
         }
     }

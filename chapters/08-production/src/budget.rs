@@ -103,15 +103,23 @@ impl Pool {
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Closes the connection that holds the most and is not closing yet.
-    fn evict_largest(&self) {
+    /// Closes the connection that holds the most, unless the connections
+    /// closing already hold enough to bring the total within the limit
+    /// once they are gone (they give their memory back in moments).
+    fn evict_largest(&self, more: usize) {
         let accounts = self.lock();
-        let largest = (accounts.iter())
-            .filter_map(Weak::upgrade)
-            .filter(|account| !account.evicted.is_cancelled())
-            .max_by_key(|account| account.used.load(Ordering::Relaxed));
-        if let Some(account) = largest {
-            account.evicted.cancel();
+        let live: Vec<_> = accounts.iter().filter_map(Weak::upgrade).collect();
+        let used = |account: &Arc<Account>| account.used.load(Ordering::Relaxed);
+        let (closing, open): (Vec<_>, Vec<_>) = live
+            .iter()
+            .partition(|account| account.evicted.is_cancelled());
+        let freeing: usize = closing.iter().map(|account| used(account)).sum();
+        let after = self.used.load(Ordering::Relaxed).saturating_sub(freeing);
+        if after.saturating_add(more) <= self.limit {
+            return;
+        }
+        if let Some(largest) = open.into_iter().max_by_key(|account| used(account)) {
+            largest.evicted.cancel();
             metrics::counter!(telemetry::CONNECTIONS_EVICTED).increment(1);
         }
     }
@@ -184,7 +192,7 @@ impl Held {
         }
         if let Err(used) = add(&server.used, more, server.limit) {
             account.used.fetch_sub(more, Ordering::Relaxed);
-            server.evict_largest();
+            server.evict_largest(more);
             let limit = server.limit;
             return Err(KvError::ServerMemory { more, used, limit });
         }
@@ -200,6 +208,19 @@ impl Held {
                 self.give_back(self.bytes - bytes);
                 Ok(())
             }
+        }
+    }
+
+    /// Holds exactly `bytes`, even past the limits: for the few bytes a
+    /// stream needs to read a short request, or to say no. They count, so
+    /// larger work is refused sooner.
+    pub fn set_anyway(&mut self, bytes: usize) {
+        if let Some(more) = bytes.checked_sub(self.bytes) {
+            self.budget.account.used.fetch_add(more, Ordering::Relaxed);
+            self.budget.server.used.fetch_add(more, Ordering::Relaxed);
+            self.bytes = bytes;
+        } else {
+            self.give_back(self.bytes - bytes);
         }
     }
 

@@ -32,6 +32,11 @@ use crate::{ConnectionBudget, Held, KvError};
 /// writes them out before it accepts another message.
 pub const WRITE_BACKPRESSURE: usize = 64 * 1024;
 
+/// How large a stream's read and write buffers may grow even when the
+/// budget is full: enough for a short request, or a short answer that
+/// says no. (What they hold is counted all the same.)
+pub const FREE_ROOM: usize = 1024;
+
 /// Frames on a byte stream `S`: a [`Stream`] of the `In` messages that
 /// arrive and a [`Sink`] for the `Out` messages to send.
 ///
@@ -198,13 +203,14 @@ where
         if len < capacity {
             return Ok(());
         }
-        let mut room = (2 * capacity).max(len + READ_CHUNK);
+        let mut room = (2 * capacity).max(FREE_ROOM);
         if len >= HEADER_LEN {
             // `next_frame` found no whole frame: its end is further on.
             let (_, payload) = parse_header(&self.read_buf[..HEADER_LEN]);
             room = room.min(HEADER_LEN + payload);
         }
-        self.read_held.set(room)?;
+        let room = room.max(len + 1);
+        hold(&mut self.read_held, room)?;
         let mut grown = BytesMut::with_capacity(room);
         grown.extend_from_slice(&self.read_buf);
         self.read_buf = grown;
@@ -229,15 +235,17 @@ where
     }
 
     /// Makes room in `write_buf` for `more` bytes, held against the budget
-    /// before they are allocated.
+    /// before they are allocated; all but the first [`FREE_ROOM`].
     fn make_write_room(&mut self, more: usize) -> Result<(), KvError> {
         let (len, capacity) = (self.write_buf.len(), self.write_buf.capacity());
         if capacity - len >= more {
             return Ok(());
         }
-        self.write_held.set((2 * capacity).max(len + more))?;
+        hold(&mut self.write_held, (2 * capacity).max(len + more))?;
         self.write_buf.reserve(more);
-        self.write_held.set(self.write_buf.capacity())
+        // `reserve` may have found room without growing: hold what it has.
+        let _ = hold(&mut self.write_held, self.write_buf.capacity());
+        Ok(())
     }
 
     /// Puts a frame encoded elsewhere (a published message, encoded once
@@ -303,6 +311,19 @@ where
     }
 }
 // ANCHOR_END: poll_encoding
+
+// ANCHOR: hold
+/// Holds `bytes` for a buffer: up to [`FREE_ROOM`] always (a short
+/// request or answer gets through even when the budget is full), more
+/// only if the budget has it.
+fn hold(held: &mut Held, bytes: usize) -> Result<(), KvError> {
+    if bytes <= FREE_ROOM {
+        held.set_anyway(bytes);
+        return Ok(());
+    }
+    held.set(bytes)
+}
+// ANCHOR_END: hold
 
 // ANCHOR: poll_write_all
 /// Writes all of `buf` to `stream`, as far as it takes it now; what was
@@ -757,7 +778,10 @@ mod tests {
         // The buffer grew to the large frame's end and no further, and
         // the frame took its memory with it.
         assert!(stream.read_buf.is_empty(), "{}", stream.read_buf.len());
-        assert!(stream.read_buf.capacity() <= READ_CHUNK, "the buffer is small");
+        assert!(
+            stream.read_buf.capacity() <= READ_CHUNK,
+            "the buffer is small"
+        );
         assert_eq!(stream.next().await.unwrap().unwrap(), small);
     }
     // ANCHOR_END: lean_test

@@ -253,6 +253,7 @@ impl Drop for Held {
 }
 // ANCHOR_END: held
 
+// ANCHOR: budget_tests
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,3 +305,4 @@ mod tests {
         assert_eq!(server.used(), 90);
     }
 }
+// ANCHOR_END: budget_tests

@@ -122,6 +122,10 @@ async fn memory_comes_back(before: usize, slack: usize) {
 fn peak_since(before: usize) -> usize {
     PEAK.load(Relaxed).saturating_sub(before)
 }
+/// A stream of frames to and from the server.
+fn frames(stream: MuxStream) -> ProstStream<MuxStream, CommandResponse, CommandRequest> {
+    ProstStream::new(stream).max_frame(MAX_FRAME)
+}
 // ANCHOR_END: setup
 
 // ANCHOR: unread_answers
@@ -171,10 +175,6 @@ async fn answers_nobody_reads_stay_within_the_connection_budget() {
 }
 // ANCHOR_END: unread_answers
 
-fn frames(stream: MuxStream) -> ProstStream<MuxStream, CommandResponse, CommandRequest> {
-    ProstStream::new(stream).max_frame(MAX_FRAME)
-}
-
 // ANCHOR: partial_frames
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_that_never_finish_stay_within_the_connection_budget() {
@@ -214,6 +214,7 @@ async fn frames_that_never_finish_stay_within_the_connection_budget() {
 }
 // ANCHOR_END: partial_frames
 
+// ANCHOR: never_finish
 /// Sends a frame header for the largest frame and `payload`, one byte
 /// short of it, while it waits for the answer; returns its status.
 async fn never_finish(stream: MuxStream, payload: bytes::Bytes) -> u32 {
@@ -326,3 +327,4 @@ async fn a_full_server_closes_the_connection_holding_the_most() {
     memory_comes_back(before, MIB).await;
 }
 // ANCHOR_END: eviction
+// ANCHOR_END: never_finish

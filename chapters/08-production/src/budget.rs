@@ -16,7 +16,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 
 use crate::{KvError, telemetry};
 // ANCHOR_END: imports
@@ -72,12 +72,13 @@ impl MemoryBudget {
         }
     }
 
-    /// A budget of `limit` bytes for a new connection.
-    pub fn connection(&self, limit: usize) -> ConnectionBudget {
+    /// A budget of `limit` bytes for a new connection; `close` is
+    /// cancelled if the server chooses to close it to give memory back.
+    pub fn connection(&self, limit: usize, close: CancellationToken) -> ConnectionBudget {
         let account = Arc::new(Account {
             limit,
             used: AtomicUsize::new(0),
-            evicted: CancellationToken::new(),
+            evicted: close,
         });
         let mut accounts = self.server.lock();
         // Forget the connections that have gone, so the list stays as
@@ -120,7 +121,7 @@ impl Pool {
         }
         if let Some(largest) = open.into_iter().max_by_key(|account| used(account)) {
             largest.evicted.cancel();
-            metrics::counter!(telemetry::CONNECTIONS_EVICTED).increment(1);
+            metrics::counter!(telemetry::CONNECTIONS_EVICTED, "reason" => "memory").increment(1);
         }
     }
 }
@@ -142,7 +143,7 @@ impl ConnectionBudget {
 
     /// A budget that never runs out: for a client, or a test.
     pub fn unlimited() -> Self {
-        MemoryBudget::new(usize::MAX).connection(usize::MAX)
+        MemoryBudget::new(usize::MAX).connection(usize::MAX, CancellationToken::new())
     }
 
     /// Nothing held yet, to grow later.
@@ -161,12 +162,6 @@ impl ConnectionBudget {
     /// This connection's limit.
     pub fn limit(&self) -> usize {
         self.account.limit
-    }
-
-    /// Completes once the server has chosen to close this connection, to
-    /// give memory back.
-    pub fn evicted(&self) -> WaitForCancellationFuture<'_> {
-        self.account.evicted.cancelled()
     }
 }
 
@@ -261,7 +256,7 @@ mod tests {
     #[test]
     fn a_charge_fits_or_fails_whole_and_comes_back_on_drop() {
         let server = MemoryBudget::new(1000);
-        let connection = server.connection(100);
+        let connection = server.connection(100, CancellationToken::new());
         let held = connection.hold(60).unwrap();
         let err = connection.hold(41).err().unwrap();
         assert_eq!(err.status(), 429, "{err}");
@@ -274,7 +269,7 @@ mod tests {
     #[test]
     fn set_and_split_move_bytes_without_losing_any() {
         let server = MemoryBudget::new(1000);
-        let connection = server.connection(100);
+        let connection = server.connection(100, CancellationToken::new());
         let mut held = connection.empty();
         held.set(80).unwrap();
         let part = held.split(30);
@@ -291,9 +286,9 @@ mod tests {
     fn a_full_server_closes_the_connection_holding_the_most() {
         let server = MemoryBudget::new(100);
         let (small, large, third) = (
-            server.connection(100),
-            server.connection(100),
-            server.connection(100),
+            server.connection(100, CancellationToken::new()),
+            server.connection(100, CancellationToken::new()),
+            server.connection(100, CancellationToken::new()),
         );
         let _a = small.hold(20).unwrap();
         let _b = large.hold(70).unwrap();

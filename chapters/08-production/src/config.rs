@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     DEFAULT_CONNECTION_MEMORY, DEFAULT_CONNECTION_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_SUBSCRIBER_QUEUE, KvError,
+    DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_QUIET_TIME, DEFAULT_SUBSCRIBER_QUEUE, KvError,
     MAX_SUBSCRIBER_QUEUE, network::yamux_config,
 };
 // ANCHOR_END: imports
@@ -65,6 +65,14 @@ pub struct Limits {
     /// [`default_max_connections`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// How many of them may come from one IP address. Without it, any
+    /// number: clients behind one NAT or proxy share an address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_per_address: Option<usize>,
+    /// Seconds a connection must have been quiet before a new client of a
+    /// full server may take its place.
+    #[serde(with = "seconds")]
+    pub quiet_time: Duration,
     /// How many streams a connection may have open at once.
     pub max_streams: usize,
     /// The largest request or answer, in bytes, before and after inflating.
@@ -178,6 +186,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: None,
+            max_per_address: None,
+            quiet_time: DEFAULT_QUIET_TIME,
             max_streams: DEFAULT_MAX_STREAMS,
             max_frame: DEFAULT_MAX_FRAME,
             connection_window: DEFAULT_CONNECTION_WINDOW,
@@ -243,6 +253,9 @@ impl KvsConfig {
             let reason = format!("must be from 1 to {}", tokio::sync::Semaphore::MAX_PERMITS);
             return bad("limits.max_connections", reason);
         }
+        if limits.max_per_address == Some(0) {
+            return bad("limits.max_per_address", "must be at least 1".into());
+        }
         if let Err(KvError::Config(reason)) =
             yamux_config(limits.max_streams, limits.connection_window)
         {
@@ -268,6 +281,7 @@ impl KvsConfig {
         }
         let timeouts = [
             ("limits.handshake_timeout", limits.handshake_timeout),
+            ("limits.quiet_time", limits.quiet_time),
             ("limits.frame_timeout", limits.frame_timeout),
             ("limits.idle_timeout", limits.idle_timeout),
             ("limits.write_timeout", limits.write_timeout),
@@ -487,6 +501,7 @@ mod tests {
         let cases = [
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
             ("[limits]\nmax_streams = 0", "limits.max_streams"),
+            ("[limits]\nmax_per_address = 0", "limits.max_per_address"),
             ("[limits]\nidle_timeout = 0", "limits.idle_timeout"),
             ("[limits]\nidle_timeout = 1e19", "limits.idle_timeout"),
             ("[limits]\nsubscriber_queue = 0", "limits.subscriber_queue"),

@@ -79,10 +79,13 @@ pub enum KvError {
     },
 
     #[error(
-        "closed to give memory back: the clients' memory was full, and this \
-         connection held the most ({held} bytes)"
+        "closed to make room: the server was full, and this connection held \
+         the most memory or had been quiet the longest"
     )]
-    Evicted { held: usize },
+    Evicted,
+
+    #[error("too many connections from one address: at most {max} at once")]
+    TooManyFromAddress { max: usize },
 
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -124,7 +127,8 @@ impl KvError {
             KvError::TooManyConnections { .. }
             | KvError::ShuttingDown
             | KvError::ServerMemory { .. }
-            | KvError::Evicted { .. } => 503,
+            | KvError::Evicted
+            | KvError::TooManyFromAddress { .. } => 503,
             KvError::Timeout(_) => 408,
             KvError::Refused { status, .. } => *status,
             KvError::Storage(_)

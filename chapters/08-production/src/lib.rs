@@ -15,6 +15,7 @@ pub mod config;
 mod error;
 mod network;
 mod pb;
+mod places;
 mod server;
 mod service;
 mod storage;
@@ -35,6 +36,7 @@ pub use pb::abi::{
     CommandRequest, CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset,
     Hset, Kvpair, Publish, Subscribe, Unsubscribe, Value, command_request::RequestData, value,
 };
+pub use places::DEFAULT_QUIET_TIME;
 pub use server::{DEFAULT_CONNECTION_MEMORY, ServerConfig, serve, serve_connection};
 pub use service::{
     Answer, Broadcaster, CommandService, ConnectionId, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Hook,

@@ -1,6 +1,6 @@
 //! The server: the accept loop, and the streams of each connection.
 
-use std::{future::poll_fn, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::poll_fn, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, BufWriter},
@@ -25,6 +25,7 @@ use crate::{
         default_client_memory, default_max_connections,
     },
     network::{Lingering, linger, yamux_config},
+    places::{DEFAULT_QUIET_TIME, Places, Refusal, Seat, Ticket},
     telemetry::{self, Metered, Open},
 };
 
@@ -45,9 +46,16 @@ pub struct ServerConfig {
     /// read, all together: yamux's connection receive window. At least
     /// 512 KiB per stream in `max_streams`.
     pub connection_window: usize,
-    /// How many connections may be open at once. One more is told that
-    /// the server is full, and closed; the others go on.
+    /// How many connections may be open at once. One more takes the place
+    /// of the connection that has been quiet longest, at least
+    /// `quiet_time`; if none has, it is told that the server is full, and
+    /// closed.
     pub max_connections: usize,
+    /// How long a connection must have moved no byte before a new client
+    /// of a full server may take its place.
+    pub quiet_time: Duration,
+    /// How many of them may come from one IP address; `None`: any number.
+    pub max_per_address: Option<usize>,
     /// How many bytes one connection may make the server hold: frames
     /// being read and inflated, answers waiting to be sent, its
     /// subscriptions' queues. Work past it is refused with a 429 error.
@@ -78,6 +86,8 @@ impl ServerConfig {
             max_streams: DEFAULT_MAX_STREAMS,
             connection_window: DEFAULT_CONNECTION_WINDOW,
             max_connections: default_max_connections(),
+            max_per_address: None,
+            quiet_time: DEFAULT_QUIET_TIME,
             connection_memory: DEFAULT_CONNECTION_MEMORY,
             client_memory: default_client_memory(),
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
@@ -110,7 +120,12 @@ impl ServerConfig {
                 "the clients' memory budget must be at least one connection's".into(),
             ));
         }
-        let timeouts = [self.frame_timeout, self.idle_timeout, self.write_timeout];
+        let timeouts = [
+            self.frame_timeout,
+            self.idle_timeout,
+            self.write_timeout,
+            self.quiet_time,
+        ];
         if !timeouts.iter().all(|t| !t.is_zero() && *t <= MAX_TIMEOUT) {
             return Err(KvError::Config(
                 "a timeout must be more than 0 and at most a year".into(),
@@ -153,7 +168,11 @@ where
 {
     config.check()?;
     let config = Arc::new(config);
-    let places = Arc::new(Semaphore::new(config.max_connections));
+    let places = Places::new(
+        config.max_connections,
+        config.max_per_address,
+        config.quiet_time,
+    );
     let refusing = Arc::new(Semaphore::new(REFUSING));
     let memory = MemoryBudget::new(config.client_memory);
     let connections = TaskTracker::new();
@@ -174,18 +193,20 @@ where
                 continue;
             }
         };
-        // A place among the connections served, or else among those being
-        // told that the server is full.
-        let (place, full) = match Arc::clone(&places).try_acquire_owned() {
-            Ok(place) => (place, false),
-            Err(_) => {
-                metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => "full").increment(1);
+        // A place among the connections served (perhaps a quiet one's),
+        // or else among those being told why not.
+        let admitted = places.take(peer.ip());
+        let telling = match &admitted {
+            Ok(_) => None,
+            Err(refusal) => {
+                let reason = refusal.reason();
+                metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => reason).increment(1);
                 match Arc::clone(&refusing).try_acquire_owned() {
-                    Ok(place) => (place, true),
+                    Ok(telling) => Some(telling),
                     Err(_) => {
                         // A peer decides how often this happens: not a
                         // warning each time, but a count (above).
-                        debug!(%peer, "server full: closing a connection at once");
+                        debug!(%peer, reason, "closing a connection at once");
                         continue;
                     }
                 }
@@ -193,10 +214,10 @@ where
         };
         let span = info_span!("connection", %peer);
         let (service, config) = (service.clone(), Arc::clone(&config));
-        let task = connection(stream, peer, full, service, config, memory.clone());
+        let task = connection(stream, admitted, service, config, memory.clone());
         let task = async move {
             task.await;
-            drop(place);
+            drop(telling);
         };
         connections.spawn(task.instrument(span));
     }
@@ -208,29 +229,37 @@ where
     Ok(())
 }
 
-/// One connection's task: the handshake, then its streams; or, when the
-/// server is `full`, the handshake and a 503 answer.
+/// One connection's task: the handshake, then its streams; or, when it
+/// was refused a place, the handshake and a 503 answer that says why. It
+/// ends early if the server closes it to make room.
 async fn connection<Store: Storage + 'static>(
     stream: TcpStream,
-    peer: SocketAddr,
-    full: bool,
+    admitted: Result<Ticket, Refusal>,
     service: Service<Store>,
     config: Arc<ServerConfig>,
     memory: MemoryBudget,
 ) {
     info!("client connected");
-    let _open = (!full).then(|| {
+    let (ticket, refusal) = match admitted {
+        Ok(ticket) => (Some(ticket), None),
+        Err(refusal) => (None, Some(refusal)),
+    };
+    let _open = ticket.is_some().then(|| {
         metrics::counter!(telemetry::CONNECTIONS).increment(1);
         Open::new(telemetry::CONNECTIONS_OPEN)
     });
+    // A refused connection gets a seat of its own, in no table.
+    let seat = ticket
+        .as_ref()
+        .map_or_else(|| Arc::new(Seat::new()), |t| Arc::clone(&t.seat));
     // yamux writes small frames (window updates, a header before its
     // data): sent at once, not held back by Nagle's algorithm.
     if let Err(err) = stream.set_nodelay(true) {
-        warn!(%peer, %err, "cannot set TCP_NODELAY");
+        warn!(%err, "cannot set TCP_NODELAY");
     }
     // The handshake runs here, in the connection's own task, so a slow or
     // broken client never holds up the accept loop.
-    let mut tcp = Metered::new(stream);
+    let mut tcp = Metered::new(stream, seat.activity.clone());
     let serving = async {
         // A shutdown does not wait for a handshake: the client has asked
         // for nothing yet. (`select!` drops the handshake before it runs
@@ -242,9 +271,15 @@ async fn connection<Store: Storage + 'static>(
                 return Ok(());
             }
         };
-        drive(stream, service, &config, &memory, full).await
+        drive(stream, service, &config, &memory, &seat, refusal).await
     };
-    let result = if full {
+    let serving = async {
+        tokio::select! {
+            result = serving => result,
+            () = seat.close.cancelled() => Err(KvError::Evicted),
+        }
+    };
+    let result = if refusal.is_some() {
         tokio::time::timeout(REFUSAL_TIME, serving)
             .await
             .unwrap_or_else(|_| Err(KvError::Timeout("refusing took too long".into())))
@@ -275,18 +310,23 @@ where
     Store: Storage + 'static,
 {
     let memory = MemoryBudget::new(config.client_memory);
-    drive(io, service, config, &memory, false).await
+    let seat = Seat::new();
+    tokio::select! {
+        result = drive(io, service, config, &memory, &seat, None) => result,
+        () = seat.close.cancelled() => Err(KvError::Evicted),
+    }
 }
 
-/// The driver of one connection. On a `full` server, the connection gets
-/// only to hear so: its first stream is answered with a 503 error, and the
-/// connection closes.
+/// The driver of one connection, in `seat`. A connection with a
+/// `refusal` gets only to hear it: its first stream is answered with a
+/// 503 error, and the connection closes.
 async fn drive<S, Store>(
     io: S,
     service: Service<Store>,
     config: &ServerConfig,
     memory: &MemoryBudget,
-    full: bool,
+    seat: &Seat,
+    refusal: Option<Refusal>,
 ) -> Result<(), KvError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -303,7 +343,7 @@ where
     // Every stream of this connection says it belongs to this connection:
     // any of them may end the connection's subscriptions.
     let id = ConnectionId::new();
-    let budget = memory.connection(config.connection_memory);
+    let budget = memory.connection(config.connection_memory, seat.close.clone());
     let shutdown = &config.shutdown;
     let mut tasks = JoinSet::new();
     let idle_timeout = config.idle_timeout;
@@ -327,9 +367,9 @@ where
                 };
                 let span = debug_span!("stream", id = %stream.id());
                 let service = service.clone();
-                let refusal = if full {
+                let refusal = if let Some(refusal) = refusal {
                     refused_one = true;
-                    Some(KvError::TooManyConnections { max: config.max_connections })
+                    Some(KvError::from(refusal))
                 } else if shutdown.is_cancelled() {
                     Some(KvError::ShuttingDown)
                 } else {
@@ -357,9 +397,11 @@ where
                         tasks.spawn(log_end(stream.refuse(err)).instrument(span));
                     }
                 }
+                seat.set_streams(tasks.len());
             }
             Some(joined) = tasks.join_next() => {
                 log_panic(joined);
+                seat.set_streams(tasks.len());
                 if tasks.is_empty() {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
                 }
@@ -369,12 +411,6 @@ where
                 break Ok(());
             }
             () = shutdown.cancelled(), if tasks.is_empty() => {}
-            () = budget.evicted() => {
-                let held = budget.used();
-                info!(held, "closing a connection: the clients' memory is full, and it holds the most");
-                tasks.abort_all();
-                break Err(KvError::Evicted { held });
-            }
         }
     };
     // The connection has ended, or no stream is left: the tasks see the

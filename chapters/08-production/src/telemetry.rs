@@ -10,16 +10,18 @@
 use std::{
     io,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     task::{Context, Poll, ready},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use metrics::{Counter, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -54,7 +56,8 @@ pub fn describe() {
     );
     describe_counter!(
         CONNECTIONS_EVICTED,
-        "Connections closed because the clients' memory was full: those holding the most."
+        "Connections closed to make room, by reason: memory (the clients' memory was full, \
+         and they held the most) or quiet (the server was full, and they were the quietest)."
     );
     describe_gauge!(STREAMS_OPEN, "Streams open now, on all connections.");
     describe_counter!(REQUESTS, "Requests run, by command and status.");
@@ -137,21 +140,64 @@ impl Drop for Open {
 }
 // ANCHOR_END: open
 
+// ANCHOR: activity
+/// When a connection last moved a byte, in or out. Clones share it.
+#[derive(Clone)]
+pub(crate) struct Activity(Arc<AtomicU64>);
+
+/// Milliseconds on a clock of this process. It starts a day in, so that
+/// a test can say "quiet for an hour" right after the process starts.
+fn millis() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64 + 86_400_000
+}
+
+impl Activity {
+    /// Activity that happened just now.
+    pub(crate) fn now() -> Self {
+        Self(Arc::new(AtomicU64::new(millis())))
+    }
+
+    fn touch(&self) {
+        self.0.store(millis(), Relaxed);
+    }
+
+    /// When it was, on this process's clock: earlier is smaller.
+    pub(crate) fn last(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+
+    /// How long it has been.
+    pub(crate) fn quiet_for(&self) -> Duration {
+        Duration::from_millis(millis().saturating_sub(self.last()))
+    }
+
+    /// Moves the last activity `ago` into the past.
+    #[cfg(test)]
+    pub(crate) fn pretend_quiet_for(&self, ago: Duration) {
+        self.0.store(millis() - ago.as_millis() as u64, Relaxed);
+    }
+}
+// ANCHOR_END: activity
+
 // ANCHOR: metered
 /// A connection that counts the bytes it reads and writes, as they cross
-/// the network (encrypted, with all headers).
+/// the network (encrypted, with all headers), and notes when it last
+/// moved any.
 pub struct Metered<S> {
     inner: S,
     received: Counter,
     sent: Counter,
+    activity: Activity,
 }
 
 impl<S> Metered<S> {
-    pub fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S, activity: Activity) -> Self {
         Self {
             inner,
             received: counter!(BYTES_RECEIVED),
             sent: counter!(BYTES_SENT),
+            activity,
         }
     }
 }
@@ -164,8 +210,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        self.received
-            .increment((buf.filled().len() - before) as u64);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.received.increment(read as u64);
+            self.activity.touch();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -177,7 +226,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.sent.increment(n as u64);
+        if n > 0 {
+            self.sent.increment(n as u64);
+            self.activity.touch();
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -192,7 +244,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 // ANCHOR_END: metered
 
 // ANCHOR: endpoint
-/// How many scrapes may be served at once; more wait to be accepted.
+/// How many scrapes may be served at once.
 const SCRAPERS: usize = 4;
 /// The most of a request that is read: its path and headers are ignored.
 const MAX_REQUEST_HEAD: u64 = 8 * 1024;
@@ -205,19 +257,16 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prometheus sends a plain GET and reads the answer, so this is all of
 /// HTTP the endpoint needs. It reads at most a few kilobytes, for at most
 /// a few seconds, from at most a few clients at a time: the endpoint must
-/// not become a way to exhaust the server.
+/// not become a way to exhaust the server. A new client is never kept
+/// waiting by silent ones: when every place is taken, the client that has
+/// waited longest without sending a byte is closed to make room.
 pub async fn serve_metrics<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
 where
     F: Fn() -> String + Send + Sync + 'static,
 {
     let render = Arc::new(render);
-    let places = Arc::new(Semaphore::new(SCRAPERS));
+    let mut scrapes: Vec<Scrape> = Vec::new();
     loop {
-        let place = tokio::select! {
-            place = Arc::clone(&places).acquire_owned() => place,
-            () = shutdown.cancelled() => return,
-        };
-        let Ok(place) = place else { return };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => return,
@@ -230,25 +279,68 @@ where
                 continue;
             }
         };
-        let render = Arc::clone(&render);
-        tokio::spawn(async move {
-            let answered = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &*render)).await;
-            if !matches!(answered, Ok(Ok(()))) {
-                debug!("a metrics request failed or timed out");
-            }
-            drop(place);
-        });
+        scrapes.retain(|scrape| !scrape.cancel.is_cancelled());
+        if scrapes.len() >= SCRAPERS && !close_a_silent_one(&mut scrapes) {
+            debug!("metrics endpoint busy: closing a new client");
+            continue;
+        }
+        let scrape = Scrape::default();
+        let task = serve_scrape(stream, Arc::clone(&render), scrape.clone());
+        scrapes.push(scrape);
+        tokio::spawn(task);
     }
 }
 
-/// Reads one request head, then writes the metrics and closes.
-async fn answer(mut stream: TcpStream, render: &(dyn Fn() -> String + Sync)) -> io::Result<()> {
+/// A client of the endpoint: whether it has sent a byte, and its end,
+/// which the endpoint may bring forward.
+#[derive(Clone, Default)]
+struct Scrape {
+    heard: Arc<std::sync::atomic::AtomicBool>,
+    cancel: CancellationToken,
+}
+
+/// Closes the oldest client that has sent nothing yet, if there is one.
+fn close_a_silent_one(scrapes: &mut Vec<Scrape>) -> bool {
+    let silent = scrapes
+        .iter()
+        .position(|scrape| !scrape.heard.load(Relaxed));
+    let Some(oldest) = silent else {
+        return false;
+    };
+    scrapes.remove(oldest).cancel.cancel();
+    true
+}
+
+/// One client, within the scrape timeout, until it is closed early.
+async fn serve_scrape<F>(stream: TcpStream, render: Arc<F>, scrape: Scrape)
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let answer = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &*render, &scrape.heard));
+    let answered = tokio::select! {
+        answered = answer => matches!(answered, Ok(Ok(()))),
+        () = scrape.cancel.cancelled() => false,
+    };
+    if !answered {
+        debug!("a metrics request failed, timed out or was closed for a newer one");
+    }
+    scrape.cancel.cancel(); // done: its place is free
+}
+
+/// Reads one request head (saying so in `heard` once a byte has come),
+/// then writes the metrics and closes.
+async fn answer(
+    mut stream: TcpStream,
+    render: &(dyn Fn() -> String + Sync),
+    heard: &std::sync::atomic::AtomicBool,
+) -> io::Result<()> {
     let mut head = Vec::new();
     let mut reader = (&mut stream).take(MAX_REQUEST_HEAD);
     while !head.windows(4).any(|line_end| line_end == b"\r\n\r\n") {
         if reader.read_buf(&mut head).await? == 0 {
             return Err(io::ErrorKind::InvalidData.into());
         }
+        heard.store(true, Relaxed);
     }
     let body = render();
     let head = format!(
@@ -299,6 +391,36 @@ mod tests {
         assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
         assert!(reply.ends_with("\r\n\r\nkv_requests_total 3\n"), "{reply}");
 
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn silent_clients_cannot_keep_a_scrape_waiting() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_metrics(
+            listener,
+            || "kv_requests_total 3\n".to_owned(),
+            shutdown.clone(),
+        ));
+        // Ten times as many silent clients as there are places.
+        let mut silent = Vec::new();
+        for _ in 0..10 * SCRAPERS {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let started = std::time::Instant::now();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(
+            started.elapsed() < SCRAPE_TIMEOUT / 5,
+            "{:?}",
+            started.elapsed()
+        );
         shutdown.cancel();
         server.await.unwrap();
     }

@@ -79,7 +79,12 @@ where
 // ANCHOR: connection_limit
 #[tokio::test]
 async fn a_connection_past_the_limit_hears_why_and_the_others_go_on() {
-    let (addr, _, _) = start(|config| config.max_connections = 2).await;
+    let (addr, _, _) = start(|config| {
+        config.max_connections = 2;
+        // No place goes to a newcomer here (see the next test).
+        config.quiet_time = Duration::from_secs(3600);
+    })
+    .await;
     let (first, second) = (connect(addr).await, connect(addr).await);
     assert_eq!(hget(&first).await.status, 404);
     assert_eq!(hget(&second).await.status, 404);
@@ -109,6 +114,68 @@ async fn a_connection_past_the_limit_hears_why_and_the_others_go_on() {
         .expect("served");
 }
 // ANCHOR_END: connection_limit
+
+// ANCHOR: quiet_places
+/// Fills a server of `max` places with connections that go quiet in
+/// `go_quiet`, then asks until a fresh client is served: returns how long
+/// that took, from when they were all quiet.
+async fn quiet_ones_make_room<F, Fut, T>(go_quiet: F) -> Duration
+where
+    F: Fn(Client) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let (addr, _, _) = start(|config| {
+        config.max_connections = 4;
+        config.quiet_time = SHORT;
+    })
+    .await;
+    let mut quiet = Vec::new();
+    for _ in 0..4 {
+        quiet.push(go_quiet(connect(addr).await).await);
+    }
+    let start = Instant::now();
+    let served = async {
+        while hget(&connect(addr).await).await.status != 404 {
+            tokio::time::sleep(SHORT / 10).await;
+        }
+    };
+    let (_, waited) = time_until_end(start, served).await;
+    drop(quiet);
+    waited
+}
+
+#[tokio::test]
+async fn a_full_server_gives_the_place_of_a_stalled_connection_to_a_new_client() {
+    // Each stalls two bytes into a frame header, as in the test above.
+    let waited = quiet_ones_make_room(|client| async move {
+        let mut stream = client.open().await.unwrap();
+        stream.write_all(&[0, 0]).await.unwrap();
+        stream.flush().await.unwrap();
+        (client, stream)
+    })
+    .await;
+    assert!(waited < SHORT + Duration::from_secs(1), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_full_server_gives_the_place_of_a_quiet_subscriber_to_a_new_client() {
+    let waited = quiet_ones_make_room(|client| async move {
+        let subscriber = client.subscribe("quiet").await.unwrap();
+        (client, subscriber)
+    })
+    .await;
+    assert!(waited < SHORT + Duration::from_secs(1), "{waited:?}");
+}
+
+#[tokio::test]
+async fn one_address_gets_at_most_its_share_of_connections() {
+    let (addr, _, _) = start(|config| config.max_per_address = Some(2)).await;
+    let _two = (connect(addr).await, connect(addr).await);
+    let refused = hget(&connect(addr).await).await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.message.contains("one address"), "{refused:?}");
+}
+// ANCHOR_END: quiet_places
 
 // ANCHOR: stalls
 #[tokio::test]

@@ -61,6 +61,10 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
+    /// How many connections may come from one IP address.
+    #[arg(long, value_name = "N")]
+    max_per_address: Option<usize>,
+
     /// How many streams a connection may have open at once.
     #[arg(long, value_name = "N")]
     max_streams: Option<usize>,
@@ -106,6 +110,7 @@ impl Args {
         set(&mut config.listen, self.addr.clone());
         set(&mut config.db, self.db.clone().map(Some));
         set(&mut limits.max_connections, self.max_connections.map(Some));
+        set(&mut limits.max_per_address, self.max_per_address.map(Some));
         set(&mut limits.max_streams, self.max_streams);
         set(&mut limits.connection_memory, self.connection_memory);
         set(&mut limits.client_memory, self.client_memory.map(Some));
@@ -329,6 +334,8 @@ fn server_config(config: &KvsConfig) -> anyhow::Result<ServerConfig> {
     server.max_connections = limits
         .max_connections
         .unwrap_or_else(default_max_connections);
+    server.max_per_address = limits.max_per_address;
+    server.quiet_time = limits.quiet_time;
     server.connection_memory = limits.connection_memory;
     server.client_memory = limits.client_memory.unwrap_or_else(default_client_memory);
     server.frame_timeout = limits.frame_timeout;

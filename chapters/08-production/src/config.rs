@@ -13,9 +13,10 @@ use std::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
-    DEFAULT_CONNECTION_MEMORY, DEFAULT_CONNECTION_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_QUIET_TIME, DEFAULT_SUBSCRIBER_QUEUE, KvError,
-    MAX_SUBSCRIBER_QUEUE, network::yamux_config,
+    DEFAULT_CONNECTION_MEMORY, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS,
+    DEFAULT_QUIET_TIME, DEFAULT_SUBSCRIBER_QUEUE, KvError, MAX_SUBSCRIBER_QUEUE,
+    network::{connection_window, yamux_config},
+    server::least_connection_memory,
 };
 // ANCHOR_END: imports
 
@@ -78,7 +79,11 @@ pub struct Limits {
     /// The largest request or answer, in bytes, before and after inflating.
     pub max_frame: usize,
     /// How many bytes a connection's streams may hold unread, together.
-    pub connection_window: usize,
+    /// Without it, the least that works for `max_streams`: 512 KiB per
+    /// stream. More lets busy streams go faster, and counts against
+    /// `connection_memory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_window: Option<usize>,
     /// How many bytes one connection may make the server hold: frames
     /// being read, answers waiting, subscription queues. At least three
     /// times `max_frame`.
@@ -190,7 +195,7 @@ impl Default for Limits {
             quiet_time: DEFAULT_QUIET_TIME,
             max_streams: DEFAULT_MAX_STREAMS,
             max_frame: DEFAULT_MAX_FRAME,
-            connection_window: DEFAULT_CONNECTION_WINDOW,
+            connection_window: None,
             connection_memory: DEFAULT_CONNECTION_MEMORY,
             client_memory: None,
             subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
@@ -256,17 +261,23 @@ impl KvsConfig {
         if limits.max_per_address == Some(0) {
             return bad("limits.max_per_address", "must be at least 1".into());
         }
-        if let Err(KvError::Config(reason)) =
-            yamux_config(limits.max_streams, limits.connection_window)
-        {
+        if let Err(KvError::Config(reason)) = yamux_config(
+            limits.max_streams,
+            connection_window(limits.max_streams, limits.connection_window),
+        ) {
             return bad("limits.max_streams / limits.connection_window", reason);
         }
         if limits.max_frame == 0 {
             return bad("limits.max_frame", "must be at least 1".into());
         }
-        let least = limits.max_frame.saturating_mul(3);
+        let (frame, streams, window) = (
+            limits.max_frame,
+            limits.max_streams,
+            limits.connection_window,
+        );
+        let least = least_connection_memory(frame, streams, window);
         if limits.connection_memory < least {
-            let reason = format!("must be at least three times limits.max_frame: {least}");
+            let reason = format!("must be at least {least} for these frame and window limits");
             return bad("limits.connection_memory", reason);
         }
         if let Some(all) = limits.client_memory

@@ -5,7 +5,7 @@ use std::{future::poll_fn, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite, BufWriter},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
     task::{JoinError, JoinSet},
     time::Instant,
 };
@@ -18,13 +18,13 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 use yamux::{Connection, Mode};
 
 use crate::{
-    ConnectionId, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, KvError,
-    MemoryBudget, MuxStream, ProstServerStream, Service, Storage, TlsServerAcceptor,
+    ConnectionId, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, Held, KvError, MemoryBudget, MuxStream,
+    ProstServerStream, STREAM_WINDOW, Service, Storage, TlsServerAcceptor,
     config::{
         DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, MAX_TIMEOUT,
         default_client_memory, default_max_connections,
     },
-    network::{Lingering, linger, yamux_config},
+    network::{Lingering, connection_window, linger, window_headroom, yamux_config},
     places::{DEFAULT_QUIET_TIME, Places, Refusal, Seat, Ticket},
     telemetry::{self, Metered, Open},
 };
@@ -45,7 +45,7 @@ pub struct ServerConfig {
     /// How many bytes a connection's streams may have received and not yet
     /// read, all together: yamux's connection receive window. At least
     /// 512 KiB per stream in `max_streams`.
-    pub connection_window: usize,
+    pub connection_window: Option<usize>,
     /// How many connections may be open at once. One more takes the place
     /// of the connection that has been quiet longest, at least
     /// `quiet_time`; if none has, it is told that the server is full, and
@@ -84,7 +84,7 @@ impl ServerConfig {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
             max_streams: DEFAULT_MAX_STREAMS,
-            connection_window: DEFAULT_CONNECTION_WINDOW,
+            connection_window: None,
             max_connections: default_max_connections(),
             max_per_address: None,
             quiet_time: DEFAULT_QUIET_TIME,
@@ -98,21 +98,29 @@ impl ServerConfig {
         }
     }
 
+    /// The connection window in effect: the one set, or the least that
+    /// yamux takes for `max_streams`.
+    pub fn window(&self) -> usize {
+        connection_window(self.max_streams, self.connection_window)
+    }
+
     /// Fails, saying why, if these settings cannot work. [`serve`] checks
     /// too; this is for checking before anything else starts.
     pub fn check(&self) -> Result<(), KvError> {
-        yamux_config(self.max_streams, self.connection_window)?;
+        yamux_config(self.max_streams, self.window())?;
         if !(1..=Semaphore::MAX_PERMITS).contains(&self.max_connections) {
             return Err(KvError::Config(format!(
                 "the connection limit must be from 1 to {}",
                 Semaphore::MAX_PERMITS
             )));
         }
-        let least = self.max_frame.saturating_mul(3);
+        let least =
+            least_connection_memory(self.max_frame, self.max_streams, self.connection_window);
         if self.connection_memory < least {
             return Err(KvError::Config(format!(
-                "a connection's memory budget must be at least three times the frame \
-                 limit ({least} bytes): a request, and an answer, of the largest size"
+                "a connection's memory budget must be at least {least} bytes: three \
+                 frames of the largest size (a request and its answer), and what yamux \
+                 may grow stream windows by"
             )));
         }
         if self.client_memory < self.connection_memory {
@@ -138,6 +146,18 @@ impl ServerConfig {
 /// A connection's memory budget, unless told otherwise: 64 MiB, four
 /// frames of the default limit.
 pub const DEFAULT_CONNECTION_MEMORY: usize = 4 * DEFAULT_MAX_FRAME;
+
+/// The smallest budget a connection can work with: a request and its
+/// answer of the largest size (three frames' worth: see the memory budget
+/// page), and the headroom of yamux's window.
+pub fn least_connection_memory(
+    max_frame: usize,
+    max_streams: usize,
+    connection_window: Option<usize>,
+) -> usize {
+    let headroom = window_headroom(max_streams, connection_window);
+    max_frame.saturating_mul(3).saturating_add(headroom)
+}
 // ANCHOR_END: config
 
 // ANCHOR: serve
@@ -332,7 +352,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     Store: Storage + 'static,
 {
-    let yamux = yamux_config(config.max_streams, config.connection_window)?;
+    let yamux = yamux_config(config.max_streams, config.window())?;
     // yamux writes a frame's header and its body separately. On TLS, each
     // write would be a record and a system call of its own: the buffer
     // makes them one. When yamux closes the connection, `Lingering` keeps
@@ -344,6 +364,9 @@ where
     // any of them may end the connection's subscriptions.
     let id = ConnectionId::new();
     let budget = memory.connection(config.connection_memory, seat.close.clone());
+    // What yamux may grow stream windows by, held while the connection is.
+    let headroom = window_headroom(config.max_streams, config.connection_window);
+    let _headroom = budget.hold(headroom)?;
     let shutdown = &config.shutdown;
     let mut tasks = JoinSet::new();
     let idle_timeout = config.idle_timeout;
@@ -367,17 +390,15 @@ where
                 };
                 let span = debug_span!("stream", id = %stream.id());
                 let service = service.clone();
-                let refusal = if let Some(refusal) = refusal {
+                if refusal.is_some() {
                     refused_one = true;
-                    Some(KvError::from(refusal))
-                } else if shutdown.is_cancelled() {
-                    Some(KvError::ShuttingDown)
-                } else {
-                    None
-                };
-                let place = Arc::clone(&places).try_acquire_owned();
-                match (refusal, place) {
-                    (None, Ok(place)) => {
+                }
+                // What yamux may buffer for the stream before it is read,
+                // its window, is held for as long as the stream is open.
+                let mut window = budget.empty();
+                let admitted = admit_stream(refusal, config, &places, &mut window);
+                match admitted {
+                    Ok(place) => {
                         let stream = MuxStream::new(stream, place, None);
                         let stream = ProstServerStream::new(stream, service)
                             .max_frame(config.max_frame)
@@ -386,15 +407,16 @@ where
                             .shutdown(shutdown.clone())
                             .read_timeouts(config.idle_timeout, config.frame_timeout)
                             .write_timeout(config.write_timeout);
-                        tasks.spawn(log_end(stream.process()).instrument(span));
+                        let task = log_end(stream.process(), window);
+                        tasks.spawn(task.instrument(span));
                     }
-                    (refusal, _) => {
-                        let err = refusal.unwrap_or(KvError::TooManyStreams {
-                            max: config.max_streams,
-                        });
+                    Err(err) => {
+                        // A refused stream holds no window: it is open only
+                        // while its answer is sent, and yamux refuses more
+                        // than twice `max_streams` at once.
                         let stream = ProstServerStream::new(stream.compat(), service)
                             .write_timeout(config.write_timeout);
-                        tasks.spawn(log_end(stream.refuse(err)).instrument(span));
+                        tasks.spawn(log_end(stream.refuse(err), window).instrument(span));
                     }
                 }
                 seat.set_streams(tasks.len());
@@ -431,6 +453,28 @@ where
     result
 }
 
+/// Whether a connection takes a new stream: not if the connection has a
+/// `refusal`, the server is shutting down, the connection has as many
+/// streams open as it may, or its budget cannot hold the stream's window.
+fn admit_stream(
+    refusal: Option<Refusal>,
+    config: &ServerConfig,
+    places: &Arc<Semaphore>,
+    window: &mut Held,
+) -> Result<OwnedSemaphorePermit, KvError> {
+    if let Some(refusal) = refusal {
+        return Err(refusal.into());
+    }
+    if config.shutdown.is_cancelled() {
+        return Err(KvError::ShuttingDown);
+    }
+    let max = config.max_streams;
+    let place =
+        (Arc::clone(places).try_acquire_owned()).map_err(|_| KvError::TooManyStreams { max })?;
+    window.grow(STREAM_WINDOW)?;
+    Ok(place)
+}
+
 /// Logs a stream's task that panicked (a hook, say), instead of passing
 /// the panic on to the connection's task.
 fn log_panic(result: Result<(), JoinError>) {
@@ -439,9 +483,11 @@ fn log_panic(result: Result<(), JoinError>) {
     }
 }
 
-/// Runs a stream's task and logs how it ended.
-async fn log_end(task: impl Future<Output = Result<(), KvError>>) {
+/// Runs a stream's task and logs how it ended; `window` is held until
+/// then.
+async fn log_end(task: impl Future<Output = Result<(), KvError>>, window: Held) {
     let _open = Open::new(telemetry::STREAMS_OPEN);
+    let _window = window;
     if let Err(err) = task.await {
         debug!(%err, "stream closed on error");
     }

@@ -18,9 +18,9 @@ pub use frame::{
     INLINE_LIMIT, MAX_WIRE_LEN, max_entries,
 };
 pub(crate) use linger::{Lingering, linger};
-pub(crate) use multiplex::yamux_config;
 pub use multiplex::{
     Client, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, MuxStream, STREAM_WINDOW, Subscriber,
 };
+pub(crate) use multiplex::{connection_window, window_headroom, yamux_config};
 pub use server_stream::ProstServerStream;
 pub use stream::{ProstStream, WRITE_BACKPRESSURE};

@@ -36,12 +36,25 @@ pub const DEFAULT_MAX_STREAMS: usize = 100;
 /// before it must wait for us to read.
 pub const STREAM_WINDOW: usize = yamux::DEFAULT_CREDIT as usize;
 
-/// How many bytes all the streams of a connection may have received but
-/// not yet read, together, unless told otherwise: 64 MiB.
-pub const DEFAULT_CONNECTION_WINDOW: usize = 64 << 20;
+/// How many bytes all the streams of a client's connection may have
+/// received but not yet read, together: the least that yamux takes for
+/// the default stream limit, 50 MiB. (A server's follows its stream limit
+/// unless set: see `connection_window`.)
+pub const DEFAULT_CONNECTION_WINDOW: usize = 2 * DEFAULT_MAX_STREAMS * STREAM_WINDOW;
 
-// The defaults must pass the check in `yamux_config`; the compiler checks.
-const _: () = assert!(DEFAULT_CONNECTION_WINDOW >= 2 * DEFAULT_MAX_STREAMS * STREAM_WINDOW);
+/// The connection window for `max_streams` streams: `window` if one is
+/// set, else the least that yamux takes, a [`STREAM_WINDOW`] for each of
+/// twice as many streams (see `yamux_config`).
+pub(crate) fn connection_window(max_streams: usize, window: Option<usize>) -> usize {
+    window.unwrap_or_else(|| max_streams.saturating_mul(2 * STREAM_WINDOW))
+}
+
+/// How far yamux may grow stream windows past [`STREAM_WINDOW`], all
+/// together: what a connection window set larger than the least adds.
+pub(crate) fn window_headroom(max_streams: usize, window: Option<usize>) -> usize {
+    let least = connection_window(max_streams, None);
+    connection_window(max_streams, window).saturating_sub(least)
+}
 
 /// yamux's settings for a connection that serves up to `max_streams`
 /// streams at once.

@@ -296,7 +296,11 @@ fn open_file_limit() -> Option<usize> {
 /// limit) and the machine's physical memory. The memory budgets' defaults
 /// are shares of it, as the connection limit's is of the file limit.
 pub fn memory_available() -> usize {
-    let limits = [address_space_limit(), cgroup_memory_limit(), physical_memory()];
+    let limits = [
+        address_space_limit(),
+        cgroup_memory_limit(),
+        physical_memory(),
+    ];
     limits.into_iter().flatten().min().unwrap_or(1 << 30)
 }
 

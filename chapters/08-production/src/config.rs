@@ -64,6 +64,11 @@ pub struct Limits {
     /// [`default_max_connections`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// How many bytes of data the in-memory store may hold; past it,
+    /// writes are refused. Without it, half of the memory the process may
+    /// use (see [`default_max_memory`]). Not used with `db`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<usize>,
     /// How many streams a connection may have open at once.
     pub max_streams: usize,
     /// The largest request or answer, in bytes, before and after inflating.
@@ -167,6 +172,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: None,
+            max_memory: None,
             max_streams: DEFAULT_MAX_STREAMS,
             max_frame: DEFAULT_MAX_FRAME,
             connection_window: DEFAULT_CONNECTION_WINDOW,
@@ -229,6 +235,9 @@ impl KvsConfig {
         {
             let reason = format!("must be from 1 to {}", tokio::sync::Semaphore::MAX_PERMITS);
             return bad("limits.max_connections", reason);
+        }
+        if limits.max_memory == Some(0) {
+            return bad("limits.max_memory", "must be at least 1".into());
         }
         if let Err(KvError::Config(reason)) =
             yamux_config(limits.max_streams, limits.connection_window)
@@ -302,6 +311,16 @@ pub fn memory_available() -> usize {
         physical_memory(),
     ];
     limits.into_iter().flatten().min().unwrap_or(1 << 30)
+}
+
+/// The in-memory store's limit when none is set: half of
+/// [`memory_available`]. The other half is for the rest of what the
+/// server holds: the program, each connection's buffers, and the frames
+/// being decoded and answers being built, a few times `max_frame` for
+/// each request in flight. Past the memory available the process is
+/// killed, and all its data with it; a full store only refuses writes.
+pub fn default_max_memory() -> usize {
+    memory_available() / 2
 }
 
 /// The soft limit on address space (`ulimit -v`), if there is one.
@@ -432,6 +451,7 @@ mod tests {
             ..KvsConfig::default()
         };
         config.limits.max_connections = Some(500);
+        config.limits.max_memory = Some(1 << 30);
         config.limits.frame_timeout = Duration::from_millis(250);
         config.log.format = LogFormat::Json;
         config.metrics.listen = Some("127.0.0.1:9100".into());
@@ -454,6 +474,7 @@ mod tests {
     fn a_bad_value_is_an_error_that_names_the_key() {
         let cases = [
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            ("[limits]\nmax_memory = 0", "limits.max_memory"),
             ("[limits]\nmax_streams = 0", "limits.max_streams"),
             ("[limits]\nidle_timeout = 0", "limits.idle_timeout"),
             ("[limits]\nidle_timeout = 1e19", "limits.idle_timeout"),
@@ -487,6 +508,7 @@ mod tests {
     fn the_memory_available_is_at_most_the_address_space_limit() {
         let available = memory_available();
         assert!(available > 0);
+        assert!((1..available).contains(&default_max_memory()));
         if let Some(limit) = address_space_limit() {
             assert!(available <= limit, "{available} > {limit}");
         }

@@ -73,12 +73,17 @@ const TABLE_OVERHEAD: usize = 768;
 
 /// What a pair is charged.
 fn pair_cost(key: &str, value: &Value) -> usize {
-    let payload = match &value.value {
+    key.len() + payload_len(value) + ENTRY_OVERHEAD
+}
+
+/// The bytes of a value's text or binary data. A number or a bool is
+/// inside the `Value` itself, which [`ENTRY_OVERHEAD`] counts.
+fn payload_len(value: &Value) -> usize {
+    match &value.value {
         Some(value::Value::String(text)) => text.len(),
         Some(value::Value::Binary(bytes)) => bytes.len(),
-        _ => 0, // a number or bool is inside the `Value`
-    };
-    key.len() + payload + ENTRY_OVERHEAD
+        _ => 0,
+    }
 }
 // ANCHOR_END: memory_cost
 
@@ -306,7 +311,7 @@ impl Pairs<'_> {
                 self.done = false; // there is more
                 break;
             }
-            bytes += pair_cost(key, value) - ENTRY_OVERHEAD;
+            bytes += key.len() + payload_len(value);
             chunk.push(Kvpair::new(key.clone(), value.clone()));
         }
         drop(rows);

@@ -194,6 +194,7 @@ async fn metrics_and_logs_show_the_traffic_but_no_data() {
         "kv_connections_open 1",
         "kv_received_bytes_total ",
         "kv_sent_bytes_total ",
+        "kv_storage_bytes ",
     ] {
         assert!(page.contains(series), "{series} not in\n{page}");
     }

@@ -90,7 +90,8 @@ fn payload_len(value: &Value) -> usize {
 // ANCHOR: memtable_new
 impl MemTable {
     /// An empty store without a memory limit: for tests and programs that
-    /// bound their data themselves. `kvs` gives one (`limits.max_memory`).
+    /// bound their data themselves. `kvs` always sets one: see
+    /// `limits.max_memory` in [`crate::config::Limits`].
     pub fn new() -> Self {
         Self::with_max_memory(usize::MAX)
     }
@@ -236,6 +237,7 @@ impl Storage for MemTable {
 }
 // ANCHOR_END: memtable_storage
 
+// ANCHOR: memtable_transaction
 impl MemTable {
     /// Runs `work` on `pairs`, and undoes its changes unless it succeeds.
     fn transaction<T>(
@@ -257,6 +259,7 @@ impl MemTable {
         result
     }
 }
+// ANCHOR_END: memtable_transaction
 
 // ANCHOR: memtable_iter
 /// A table read in chunks: each chunk is copied under one short hold of

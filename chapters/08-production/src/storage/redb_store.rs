@@ -54,8 +54,9 @@ pub struct RedbStore {
 /// The database, or the one that was closed after a disk error.
 enum Handle {
     Open(Arc<Database>),
-    /// Closed: every call now holds a clone of the `Arc`, for as long as
-    /// its transaction lives, so the `Weak` tells when the last one ends.
+    /// Closed. Every call holds a clone of the `Arc` for as long as its
+    /// transaction lives, so the `Weak` tells when the last call on the
+    /// old database has ended.
     Closed(Weak<Database>),
 }
 
@@ -108,8 +109,8 @@ const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RedbStore {
     /// The database, opened again first if a disk error closed it. A
-    /// reopen waits until every call on the old database has ended (two
-    /// handles on one file would corrupt it), and is tried by one thread
+    /// reopen waits until every call on the old database has ended (redb
+    /// allows one handle on a file at a time), and is tried by one thread
     /// at a time, at most once a [`REOPEN_INTERVAL`]. The calls that come
     /// meanwhile are answered 503 at once.
     fn database(&self) -> Result<Arc<Database>, KvError> {
@@ -142,8 +143,8 @@ impl RedbStore {
     }
 
     /// Opens the file again, for the calls from now on. redb finds that it
-    /// was not closed cleanly, and repairs it back to its last commit: the
-    /// last write that was acknowledged.
+    /// was not closed cleanly, and repairs it back to its last commit,
+    /// which holds every write that was acknowledged.
     fn open_again(&self, path: &Path) -> Result<Arc<Database>, KvError> {
         let db = Database::create(path).map_err(|err| {
             warn!(error = %err, "cannot reopen the database yet");

@@ -74,6 +74,11 @@ pub struct Limits {
     /// full server may take its place.
     #[serde(with = "seconds")]
     pub quiet_time: Duration,
+    /// How many bytes of data the in-memory store may hold; past it,
+    /// writes are refused. Without it, half of the memory the process may
+    /// use (see [`default_max_memory`]). Not used with `db`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<usize>,
     /// How many streams a connection may have open at once.
     pub max_streams: usize,
     /// The largest request or answer, in bytes, before and after inflating.
@@ -193,6 +198,7 @@ impl Default for Limits {
             max_connections: None,
             max_per_address: None,
             quiet_time: DEFAULT_QUIET_TIME,
+            max_memory: None,
             max_streams: DEFAULT_MAX_STREAMS,
             max_frame: DEFAULT_MAX_FRAME,
             connection_window: None,
@@ -260,6 +266,9 @@ impl KvsConfig {
         }
         if limits.max_per_address == Some(0) {
             return bad("limits.max_per_address", "must be at least 1".into());
+        }
+        if limits.max_memory == Some(0) {
+            return bad("limits.max_memory", "must be at least 1".into());
         }
         if let Err(KvError::Config(reason)) = yamux_config(
             limits.max_streams,
@@ -382,10 +391,18 @@ fn physical_memory() -> Option<usize> {
     kib.checked_mul(1024)
 }
 
+/// The in-memory store's limit when none is set: half of
+/// [`memory_available`]. Past the memory available the process is
+/// killed, and all its data with it; a full store only refuses writes.
+pub fn default_max_memory() -> usize {
+    memory_available() / 2
+}
+
 /// The budget of all client connections together when none is set: a
-/// quarter of what the process may use. The rest is for the stored data
-/// (see `default_max_memory`), yamux's windows, the allocator's slack and
-/// the program itself.
+/// quarter of [`memory_available`]. With the store's half, that leaves a
+/// quarter for the program itself, what each connection costs whatever
+/// it does (its TLS state, tasks and yamux's bookkeeping), and the
+/// allocator's slack.
 pub fn default_client_memory() -> usize {
     memory_available() / 4
 }
@@ -489,6 +506,7 @@ mod tests {
             ..KvsConfig::default()
         };
         config.limits.max_connections = Some(500);
+        config.limits.max_memory = Some(1 << 30);
         config.limits.frame_timeout = Duration::from_millis(250);
         config.log.format = LogFormat::Json;
         config.metrics.listen = Some("127.0.0.1:9100".into());
@@ -511,6 +529,7 @@ mod tests {
     fn a_bad_value_is_an_error_that_names_the_key() {
         let cases = [
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            ("[limits]\nmax_memory = 0", "limits.max_memory"),
             ("[limits]\nmax_streams = 0", "limits.max_streams"),
             ("[limits]\nmax_per_address = 0", "limits.max_per_address"),
             ("[limits]\nidle_timeout = 0", "limits.idle_timeout"),
@@ -550,6 +569,7 @@ mod tests {
     fn the_memory_available_is_at_most_the_address_space_limit() {
         let available = memory_available();
         assert!(available > 0);
+        assert!((1..available).contains(&default_max_memory()));
         if let Some(limit) = address_space_limit() {
             assert!(available <= limit, "{available} > {limit}");
         }

@@ -19,6 +19,15 @@ pub enum KvError {
     #[error("storage error: {0}")]
     Storage(Box<redb::Error>),
 
+    #[error(
+        "the data memory is full (limit {max} bytes): writes that need more are refused; \
+         reads and deletes go on"
+    )]
+    OutOfMemory { max: usize },
+
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
+
     #[error("value of key `{key}` in table `{table}` is corrupt: {error}")]
     CorruptValue {
         table: String,
@@ -128,7 +137,9 @@ impl KvError {
             | KvError::ShuttingDown
             | KvError::ServerMemory { .. }
             | KvError::Evicted
-            | KvError::TooManyFromAddress { .. } => 503,
+            | KvError::TooManyFromAddress { .. }
+            | KvError::StorageUnavailable(_) => 503,
+            KvError::OutOfMemory { .. } => 507,
             KvError::Timeout(_) => 408,
             KvError::Refused { status, .. } => *status,
             KvError::Storage(_)
@@ -247,6 +258,8 @@ mod tests {
         assert_eq!(gone.status(), 404);
         assert_eq!(KvError::Lagged { id: 7, queue: 2 }.status(), 429);
         assert_eq!(KvError::Internal("x".into()).status(), 500);
+        assert_eq!(KvError::OutOfMemory { max: 1 }.status(), 507);
+        assert_eq!(KvError::StorageUnavailable("x".into()).status(), 503);
         let pem = KvError::pem("a private key", "/etc/kv/key.pem", "no key found");
         assert_eq!(
             pem.to_string(),

@@ -39,6 +39,7 @@ pub const REQUESTS: &str = "kv_requests_total";
 pub const REQUEST_SECONDS: &str = "kv_request_duration_seconds";
 pub const BYTES_RECEIVED: &str = "kv_received_bytes_total";
 pub const BYTES_SENT: &str = "kv_sent_bytes_total";
+pub const STORAGE_BYTES: &str = "kv_storage_bytes";
 
 /// The buckets of the latency histogram, in seconds: 25 µs to 1 s.
 pub const REQUEST_BUCKETS: &[f64] = &[
@@ -75,6 +76,11 @@ pub fn describe() {
         BYTES_SENT,
         metrics::Unit::Bytes,
         "Bytes written to clients."
+    );
+    describe_gauge!(
+        STORAGE_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of data held in memory, as limits.max_memory counts them."
     );
 }
 // ANCHOR_END: names
@@ -117,6 +123,7 @@ fn status_label(status: u32) -> &'static str {
         429 => "429",
         500 => "500",
         503 => "503",
+        507 => "507",
         _ => "other",
     }
 }

@@ -122,6 +122,25 @@ fn kvc_reports_errors_from_the_server() {
 }
 
 #[test]
+fn kvc_reports_a_full_memory_plainly() {
+    let server = start_kvs(&["--max-memory", "4096"]);
+    let big = "x".repeat(4096);
+    let output = kvc(server.dir.path(), &server.addr, &["hset", "t", "k", &big]);
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr(&output),
+        "error 507: the data memory is full (limit 4096 bytes): writes that need more are \
+         refused; reads and deletes go on\n"
+    );
+    let output = kvc(
+        server.dir.path(),
+        &server.addr,
+        &["hset", "t", "k", "small"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
 fn kvc_explains_an_unreachable_server() {
     // A port that was free a moment ago: nobody listens on it.
     let addr = TcpListener::bind("127.0.0.1:0")

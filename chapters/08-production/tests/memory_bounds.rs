@@ -14,7 +14,7 @@ use std::{
 
 use bytes::{BufMut, BytesMut};
 use flate2::{Compression, write::GzEncoder};
-use kv::{CommandRequest, FrameCoder, Kvpair, MemTable, Service, Value, max_entries};
+use kv::{CommandRequest, FrameCoder, Kvpair, MemTable, Service, Storage, Value, max_entries};
 use prost::Message;
 // ANCHOR_END: imports
 
@@ -153,3 +153,76 @@ fn hgetall_stops_copying_at_the_answer_limit() {
     assert!(peak <= 2 * MAX_FRAME, "{peak} bytes");
 }
 // ANCHOR_END: answer_bound
+
+// ANCHOR: large_table
+#[test]
+fn hgetall_of_a_large_table_copies_no_more_than_its_answer() {
+    let _turn = one_at_a_time();
+    let store = MemTable::new();
+    // 70 000 keys of 1 KiB: 70 MiB of keys, sixty times the answer limit.
+    for i in 0..70_000 {
+        let key = format!("{i:06}{}", "k".repeat(1018));
+        store.set("t", key, Value::from(i)).unwrap();
+    }
+    let (first, peak) = peak_of(|| store.iter("t").unwrap().take(10).count());
+    assert_eq!(first, 10);
+    assert!(peak <= 128 * 1024, "the first pairs: {peak} bytes");
+
+    let service = Service::builder(store).max_answer(MAX_FRAME).build();
+    let (res, peak) = peak_of(|| service.execute(CommandRequest::new_hgetall("t")));
+    assert_eq!(res.status, 400, "{}", res.message);
+    assert!(peak <= 2 * MAX_FRAME, "hgetall: {peak} bytes");
+}
+// ANCHOR_END: large_table
+
+// ANCHOR: storage_count
+/// Makes the `i`th pair to store: its table, key and value.
+type MakePair = fn(usize) -> (String, String, Value);
+
+/// Stores `n` pairs made by `pair` and reads each one once; returns the
+/// store and the bytes it then holds.
+fn filled(n: usize, pair: MakePair) -> (MemTable, usize) {
+    let before = IN_USE.load(Relaxed);
+    let store = MemTable::new();
+    for i in 0..n {
+        let (table, key, value) = pair(i);
+        store.set(&table, key, value).unwrap();
+    }
+    for i in 0..n {
+        let (table, key, _) = pair(i);
+        store.get(&table, &key).unwrap();
+    }
+    (store, IN_USE.load(Relaxed) - before)
+}
+
+#[test]
+fn the_memory_counted_covers_the_memory_held() {
+    let _turn = one_at_a_time();
+    let shapes: [(&str, MakePair); 4] = [
+        ("keys in order, binary values", |i| {
+            ("t".into(), format!("{i:08}"), vec![1u8; 8].into())
+        }),
+        ("keys in no order, text values", |i| {
+            // Multiplying by an odd number shuffles, and repeats no key.
+            let key = format!("{:08x}", (i as u32).wrapping_mul(2_654_435_761));
+            ("t".into(), key, "abcdefgh".into())
+        }),
+        ("numbers", |i| {
+            ("t".into(), format!("{i:08}"), (i as i64).into())
+        }),
+        ("a table per pair", |i| {
+            (format!("{i:08}"), "k".into(), 1i64.into())
+        }),
+    ];
+    for (shape, pair) in shapes {
+        let (store, held) = filled(20_000, pair);
+        let counted = store.used();
+        println!("{shape}: {held} bytes held, {counted} counted");
+        assert!(held <= counted, "{shape}: {held} held > {counted} counted");
+        assert!(
+            counted <= 2 * held,
+            "{shape}: {counted} counted, {held} held"
+        );
+    }
+}
+// ANCHOR_END: storage_count

@@ -194,6 +194,7 @@ async fn metrics_and_logs_show_the_traffic_but_no_data() {
         "kv_connections_open 1",
         "kv_received_bytes_total ",
         "kv_sent_bytes_total ",
+        "kv_storage_bytes ",
     ] {
         assert!(page.contains(series), "{series} not in\n{page}");
     }
@@ -233,6 +234,7 @@ fn print_config_writes_a_file_that_loads_back() {
     let config: KvsConfig = toml::from_str(&printed).unwrap();
     assert_eq!(config.limits.max_streams, 7);
     assert!(config.limits.max_connections.is_some(), "worked out");
+    assert!(config.limits.max_memory.is_some(), "worked out");
 
     std::fs::write(dir.path().join("kvs.toml"), &printed).unwrap();
     assert_eq!(kvs(&["--config", "kvs.toml", "--print-config"]), printed);

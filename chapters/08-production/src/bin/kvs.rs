@@ -25,7 +25,7 @@ use clap::Parser;
 use kv::{
     DevCertPaths, DevCerts, KvsConfig, MemTable, RedbStore, ServerConfig, Service, Storage,
     TlsServerAcceptor,
-    config::{self, LogFormat, default_client_memory, default_max_connections},
+    config::{self, LogFormat, default_client_memory, default_max_connections, default_max_memory},
     serve, telemetry,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -77,6 +77,11 @@ struct Args {
     #[arg(long, value_name = "BYTES")]
     client_memory: Option<usize>,
 
+    /// How many bytes of data may be held in memory (without --db); past
+    /// it, writes are refused.
+    #[arg(long, value_name = "BYTES")]
+    max_memory: Option<usize>,
+
     /// Serve Prometheus metrics over HTTP at this address.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
@@ -100,7 +105,7 @@ struct Args {
 
 impl Args {
     /// The configuration file, if any, with the flags given on top, and
-    /// the connection limit worked out if neither sets it.
+    /// the connection and memory limits worked out if neither sets them.
     fn config(&self) -> anyhow::Result<KvsConfig> {
         let mut config = match &self.config {
             Some(path) => config::load(path)?,
@@ -114,6 +119,7 @@ impl Args {
         set(&mut limits.max_streams, self.max_streams);
         set(&mut limits.connection_memory, self.connection_memory);
         set(&mut limits.client_memory, self.client_memory.map(Some));
+        set(&mut limits.max_memory, self.max_memory.map(Some));
         set(&mut config.metrics.listen, self.metrics.clone().map(Some));
         set(&mut config.log.format, self.log_format);
         set(&mut config.tls.ca, self.ca.clone().map(Some));
@@ -127,6 +133,7 @@ impl Args {
         limits
             .client_memory
             .get_or_insert_with(default_client_memory);
+        limits.max_memory.get_or_insert_with(default_max_memory);
         config.check().with_context(|| match &self.config {
             Some(path) => format!("bad settings in {} or the flags", path.display()),
             None => "bad settings in the flags".into(),
@@ -197,8 +204,10 @@ async fn start(config: &KvsConfig, answers: Arc<AtomicU64>) -> anyhow::Result<()
             run(listener, store, server, config, answers).await
         }
         None => {
-            info!("storing data in memory");
-            run(listener, MemTable::new(), server, config, answers).await
+            let max = config.limits.max_memory.unwrap_or_else(default_max_memory);
+            info!(max_bytes = max, "storing data in memory");
+            let store = MemTable::with_max_memory(max);
+            run(listener, store, server, config, answers).await
         }
     }
 }

@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use kv::{
     Client, CommandRequest, CommandResponse, DEFAULT_MAX_FRAME, FrameCoder, Kvpair, MuxStream,
@@ -79,6 +79,10 @@ struct Args {
     #[arg(long, global = true, default_value_t = 1.0)]
     scale: f64,
 
+    /// What large compressible values are made of.
+    #[arg(long, global = true, value_enum, default_value_t = Filler::Byte)]
+    filler: Filler,
+
     /// Seconds to hold what an attack has built before letting go.
     #[arg(long, global = true, default_value_t = 10)]
     hold: u64,
@@ -107,9 +111,14 @@ enum Attack {
         /// The value's size [default: 16 MiB less 64].
         #[arg(long)]
         size: Option<usize>,
-        /// How many streams ask [default: 30].
+        /// How many streams ask [default: 60; with the review's 30, kvs
+        /// lived through about half the runs here].
         #[arg(long)]
         streams: Option<usize>,
+        /// How many `hget` each stream sends, one after another. With one,
+        /// fewer answers are being built at once, and the server may live.
+        #[arg(long, default_value_t = 4)]
+        requests: usize,
     },
     /// Subscribers on one connection that read nothing, and one large
     /// compressible `publish` from a second connection.
@@ -120,6 +129,10 @@ enum Attack {
         /// How many subscriptions [default: 99].
         #[arg(long)]
         subscribers: Option<usize>,
+        /// How many publishes, one after another [the review's one left
+        /// kvs alive here, holding a few hundred MiB].
+        #[arg(long, default_value_t = 64)]
+        publishes: usize,
     },
     /// `hset` of a large value of zeros to a new key, again and again.
     HsetFill {
@@ -136,7 +149,8 @@ enum Attack {
         /// The length the header claims [default: 16 MiB].
         #[arg(long)]
         size: Option<usize>,
-        /// How many streams [default: 44].
+        /// How many streams [default: 48; with 44, the review's figure,
+        /// kvs peaked here 17 MiB short of a 1.5 GiB address space].
         #[arg(long)]
         streams: Option<usize>,
     },
@@ -159,13 +173,14 @@ enum Attack {
     /// `hgetall` loops next to `hset` loops on one large table; the probe
     /// shows what that does to a small `hget` elsewhere.
     HgetallLatency {
-        /// How many keys [default: 50000].
+        /// How many keys [default: 200000]. With the defaults, the table's
+        /// pairs are more than one answer may hold.
         #[arg(long)]
         keys: Option<usize>,
         /// Each key's length [default: 100].
         #[arg(long)]
         key_len: Option<usize>,
-        /// Each value's length [default: 100].
+        /// Each value's length [default: 8].
         #[arg(long)]
         value_len: Option<usize>,
         /// How many loops of each kind, each on its own connection.
@@ -324,6 +339,16 @@ fn human_size(bytes: usize) -> String {
     }
 }
 
+/// An error's text with its causes, without the link to a manual that
+/// rustls adds to some.
+fn brief(err: &(impl std::fmt::Display + ?Sized)) -> String {
+    let text = format!("{err:#}");
+    match text.split_once(": https://") {
+        Some((head, _)) => head.to_owned(),
+        None => text,
+    }
+}
+
 /// A value for a `key=value` line: quoted if it has spaces, with no
 /// double quote or line break inside.
 fn field_value(text: &str) -> String {
@@ -410,7 +435,7 @@ async fn probe_loop(
             let start = Instant::now();
             let outcome = match timeout(limit, probe_once(addr, &tls)).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(format!("{err:#}")),
+                Ok(Err(err)) => Err(brief(&err)),
                 Err(_) => Err(format!("no answer within {limit:?}")),
             };
             (start.elapsed(), outcome)
@@ -427,9 +452,22 @@ async fn probe_loop(
     probes
 }
 
-/// Text that compresses well, `len` bytes of it.
-fn compressible(len: usize) -> String {
-    let mut text = "a value that compresses, ".repeat(len / 25 + 1);
+/// What a large compressible value is made of.
+#[derive(Clone, Copy, ValueEnum)]
+enum Filler {
+    /// One byte again and again: gzip's best case, about 1000 to 1.
+    Byte,
+    /// A short sentence again and again: less small, slower to compress.
+    Prose,
+}
+
+/// Text that compresses, `len` bytes of it.
+fn compressible(len: usize, filler: Filler) -> String {
+    let unit = match filler {
+        Filler::Byte => "x",
+        Filler::Prose => "a value that compresses, ",
+    };
+    let mut text = unit.repeat(len / unit.len() + 1);
     text.truncate(len);
     text
 }
@@ -485,7 +523,7 @@ async fn fill_table(
 ) -> anyhow::Result<()> {
     let mut stream = ProstClientStream::new(client.open().await?);
     let batch = (BATCH_BYTES / (key_len + value_len + 16)).clamp(1, 10_000);
-    let value = compressible(value_len);
+    let value = compressible(value_len, Filler::Byte);
     for start in (0..keys).step_by(batch) {
         let pairs = (start..keys.min(start + batch))
             .map(|i| Kvpair::new(padded_key(i, key_len), value.as_str()));
@@ -525,34 +563,37 @@ fn scaled(given: Option<usize>, default: usize, scale: f64) -> usize {
 /// hget-unread: many answers of a large value, none of them read.
 async fn hget_unread(
     t: &Target,
-    size: usize,
-    streams: usize,
+    (size, filler): (usize, Filler),
+    (streams, requests): (usize, usize),
     hold: Duration,
 ) -> anyhow::Result<Report> {
     let client = t.connect().await?;
-    let set = CommandRequest::new_hset(TABLE, "big", compressible(size));
+    let set = CommandRequest::new_hset(TABLE, "big", compressible(size, filler));
     expect_ok(client.execute(set).await?)?;
     let mut open = Vec::with_capacity(streams);
     for _ in 0..streams {
         let mut stream = client.open().await?;
-        send_frame(&mut stream, &CommandRequest::new_hget(TABLE, "big")).await?;
+        for _ in 0..requests {
+            send_frame(&mut stream, &CommandRequest::new_hget(TABLE, "big")).await?;
+        }
         open.push(stream);
     }
     t.arm();
     sleep(hold).await;
     Ok(Report::new(format!(
-        "stored one {} compressible value, asked for it on {streams} streams of one \
-         connection and read no answer for {hold:?}",
+        "stored one {} compressible value, asked for it {requests} times on each of \
+         {streams} streams of one connection and read no answer for {hold:?}",
         human_size(size)
     ))
-    .field("streams", streams))
+    .field("streams", streams)
+    .field("requests", requests))
 }
 
 /// publish-fanout: subscribers that read nothing, and one large publish.
 async fn publish_fanout(
     t: &Target,
-    size: usize,
-    subscribers: usize,
+    (size, filler): (usize, Filler),
+    (subscribers, publishes): (usize, usize),
     hold: Duration,
 ) -> anyhow::Result<Report> {
     let quiet = t.connect().await?;
@@ -562,23 +603,33 @@ async fn publish_fanout(
     }
     let publisher = t.connect().await?;
     t.arm();
-    let started = Instant::now();
-    let publish = CommandRequest::new_publish(TABLE, [Value::from(compressible(size))]);
-    let answer = match timeout(hold, publisher.execute(publish)).await {
-        Ok(Ok(res)) => match res.values.first().and_then(|v| v.value.clone()) {
-            Some(value::Value::Integer(n)) if res.is_ok() => format!("reached {n} subscribers"),
-            _ => format!("was answered {} {}", res.status, res.message),
-        },
-        Ok(Err(err)) => format!("failed: {err}"),
-        Err(_) => format!("had no answer within {hold:?}"),
-    };
-    sleep(hold.saturating_sub(started.elapsed())).await;
+    let end = tokio::time::Instant::now() + hold;
+    let value = Value::from(compressible(size, filler));
+    let (mut answered, mut answer) = (0, String::from("none was answered"));
+    for _ in 0..publishes {
+        let publish = CommandRequest::new_publish(TABLE, [value.clone()]);
+        answer = match timeout_at(end, publisher.execute(publish)).await {
+            Ok(Ok(res)) => match res.values.first().and_then(|v| v.value.clone()) {
+                Some(value::Value::Integer(n)) if res.is_ok() => format!("reached {n} subscribers"),
+                _ => format!("was answered {} {}", res.status, res.message),
+            },
+            Ok(Err(err)) => format!("failed: {}", brief(&err)),
+            Err(_) => format!("had no answer within {hold:?}"),
+        };
+        if !answer.starts_with("reached") {
+            break;
+        }
+        answered += 1;
+    }
+    tokio::time::sleep_until(end).await;
     Ok(Report::new(format!(
-        "{subscribers} subscribers on one connection read nothing; a gzip publish of {} \
-         from a second connection {answer}; held {hold:?}",
+        "{subscribers} subscribers on one connection read nothing; {answered} of {publishes} \
+         gzip publishes of {} from a second connection were answered, the last {answer}; \
+         held {hold:?}",
         human_size(size)
     ))
     .field("subscribers", subs.len())
+    .field("publishes_answered", answered)
     .field("publish", answer))
 }
 
@@ -601,7 +652,7 @@ async fn hset_fill(
         match timeout_at(deadline, stream.execute(set)).await {
             Ok(Ok(res)) if res.is_ok() => stored += 1,
             Ok(Ok(res)) => end = format!("then the server answered {} {}", res.status, res.message),
-            Ok(Err(err)) => end = format!("then: {err}"),
+            Ok(Err(err)) => end = format!("then: {}", brief(&err)),
             Err(_) => end = format!("then the time limit ({limit:?}) came"),
         }
         if stored <= i {
@@ -674,7 +725,7 @@ async fn hgetall_big(
     let deadline = tokio::time::Instant::now() + limit;
     fill_table(&client, TABLE, (keys, key_len, 8), deadline).await?;
     t.arm();
-    let mut answers: Vec<String> = Vec::new();
+    let mut answers = Tally::default();
     for _ in 0..rounds {
         let mut calls = JoinSet::new();
         for _ in 0..concurrent {
@@ -682,22 +733,46 @@ async fn hgetall_big(
             calls.spawn(async move { client.execute(CommandRequest::new_hgetall(TABLE)).await });
         }
         while let Some(joined) = timeout_at(deadline, calls.join_next()).await.ok().flatten() {
-            answers.push(match joined {
-                Ok(Ok(res)) => format!("{} with {} pairs", res.status, res.pairs.len()),
-                Ok(Err(err)) => format!("error: {err}"),
-                Err(err) => format!("error: {err}"),
+            answers.add(match joined {
+                Ok(Ok(res)) if res.is_ok() => format!("200 with {} pairs", res.pairs.len()),
+                Ok(Ok(res)) => format!("{} {}", res.status, res.message),
+                Ok(Err(err)) => format!("error: {}", brief(&err)),
+                Err(err) => format!("error: {}", brief(&err)),
             });
         }
     }
-    let first = answers.first().cloned().unwrap_or_else(|| "none".into());
     Ok(Report::new(format!(
         "filled a table with {keys} keys of {key_len} bytes ({}), then {rounds} rounds of \
-         {concurrent} hgetall at once: {} answers, the first {first}",
+         {concurrent} hgetall at once; they got: {}",
         human_size(keys * key_len),
-        answers.len()
+        answers.summary()
     ))
-    .field("answers", answers.len())
-    .field("first_answer", first))
+    .field("answers", answers.count()))
+}
+
+/// Outcomes, counted: each distinct one, in the order first seen.
+#[derive(Default)]
+struct Tally(Vec<(String, usize)>);
+
+impl Tally {
+    fn add(&mut self, outcome: String) {
+        match self.0.iter_mut().find(|(seen, _)| *seen == outcome) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((outcome, 1)),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    fn summary(&self) -> String {
+        if self.0.is_empty() {
+            return "nothing".into();
+        }
+        let parts: Vec<String> = self.0.iter().map(|(o, n)| format!("{n} x {o}")).collect();
+        parts.join("; ")
+    }
 }
 
 /// Settings of the hgetall-latency attack.
@@ -719,44 +794,54 @@ async fn hgetall_latency(t: &Target, load: LatencyLoad, limit: Duration) -> anyh
     let mut loops = JoinSet::new();
     for i in 0..load.loops {
         let client = t.connect().await?;
-        loops.spawn(run_loop(client, stop.clone(), |_| {
-            CommandRequest::new_hgetall(TABLE)
-        }));
+        let hgetall = |_| CommandRequest::new_hgetall(TABLE);
+        loops.spawn(run_loop(client, stop.clone(), (Kind::Hgetall, hgetall)));
         let client = t.connect().await?;
         let (keys, key_len) = (load.keys, load.key_len);
-        loops.spawn(run_loop(client, stop.clone(), move |n| {
+        let hset = move |n: usize| {
             let key = padded_key((n * 7919 + i) % keys, key_len);
             CommandRequest::new_hset(TABLE, key, n as i64)
-        }));
+        };
+        loops.spawn(run_loop(client, stop.clone(), (Kind::Hset, hset)));
     }
     t.arm();
     sleep(Duration::from_secs(load.seconds)).await;
     stop.cancel();
-    let mut done = 0;
+    let (mut hgetall, mut hset) = (0, 0);
     while let Some(joined) = loops.join_next().await {
-        done += joined.unwrap_or(0);
+        match joined {
+            Ok((Kind::Hgetall, n)) => hgetall += n,
+            Ok((Kind::Hset, n)) => hset += n,
+            Err(_) => {}
+        }
     }
     Ok(Report::new(format!(
-        "{} hgetall loops and {} hset loops on a table of {} keys ({} per hgetall) for {} s: \
-         {done} requests",
-        load.loops,
+        "{} hgetall loops and as many hset loops on a table of {} keys ({} of pairs) for \
+         {} s: {hgetall} hgetall and {hset} hset answered",
         load.loops,
         load.keys,
         human_size(load.keys * (load.key_len + load.value_len)),
         load.seconds
     ))
-    .field("requests", done))
+    .field("hgetall", hgetall)
+    .field("hset", hset))
+}
+
+/// Which requests a loop sends.
+enum Kind {
+    Hgetall,
+    Hset,
 }
 
 /// Sends `request(n)` for n = 0, 1, ... on one stream until `stop` or an
-/// error; returns how many were answered.
+/// error; returns its kind and how many were answered.
 async fn run_loop(
     client: Client,
     stop: CancellationToken,
-    request: impl Fn(usize) -> CommandRequest,
-) -> usize {
+    (kind, request): (Kind, impl Fn(usize) -> CommandRequest),
+) -> (Kind, usize) {
     let Ok(stream) = client.open().await else {
-        return 0;
+        return (kind, 0);
     };
     let mut stream = ProstClientStream::new(stream);
     let mut n = 0;
@@ -764,11 +849,11 @@ async fn run_loop(
         tokio::select! {
             res = stream.execute(request(n)) => {
                 if res.is_err() {
-                    return n;
+                    return (kind, n);
                 }
                 n += 1;
             }
-            () = stop.cancelled() => return n,
+            () = stop.cancelled() => return (kind, n),
         }
     }
 }
@@ -789,7 +874,7 @@ async fn quiet_subscriptions(
         };
         match timeout(Duration::from_secs(5), subscribe).await {
             Ok(Ok(pair)) => held.push(pair),
-            Ok(Err(err)) => refused.push(format!("{err:#}")),
+            Ok(Err(err)) => refused.push(brief(&err)),
             Err(_) => refused.push("no answer within 5 s".into()),
         }
     }
@@ -881,9 +966,7 @@ async fn half_header(t: &Target, connections: usize, hold: Duration) -> anyhow::
         .collect()
         .await;
     let held = opened.iter().filter(|o| o.is_ok()).count();
-    let first_err = opened
-        .iter()
-        .find_map(|o| o.as_ref().err().map(|e| format!("{e:#}")));
+    let first_err = opened.iter().find_map(|o| o.as_ref().err().map(brief));
     t.arm();
     sleep(hold).await;
     Ok(Report::new(format!(
@@ -903,17 +986,28 @@ async fn attack(t: &Target, args: &Args) -> anyhow::Result<Report> {
     let twice = |given: Option<u64>| given.unwrap_or(2 * args.hold);
     let limit = Duration::from_secs(args.limit);
     match args.attack {
-        Attack::HgetUnread { size, streams } => {
-            hget_unread(t, s(size, BIG_VALUE), s(streams, 30), hold).await
+        Attack::HgetUnread {
+            size,
+            streams,
+            requests,
+        } => {
+            let streams = (s(streams, 60), requests);
+            let value = (s(size, BIG_VALUE), args.filler);
+            hget_unread(t, value, streams, hold).await
         }
-        Attack::PublishFanout { size, subscribers } => {
-            publish_fanout(t, s(size, BIG_VALUE), s(subscribers, 99), hold).await
+        Attack::PublishFanout {
+            size,
+            subscribers,
+            publishes,
+        } => {
+            let value = (s(size, BIG_VALUE), args.filler);
+            publish_fanout(t, value, (s(subscribers, 99), publishes), hold).await
         }
         Attack::HsetFill { size, count } => {
             hset_fill(t, s(size, BIG_VALUE), s(count, 200), limit).await
         }
         Attack::PartialFrames { size, streams } => {
-            let (size, streams) = (s(size, DEFAULT_MAX_FRAME), s(streams, 44));
+            let (size, streams) = (s(size, DEFAULT_MAX_FRAME), s(streams, 48));
             partial_frames(t, size, streams, (hold, limit)).await
         }
         Attack::HgetallBig {
@@ -933,9 +1027,9 @@ async fn attack(t: &Target, args: &Args) -> anyhow::Result<Report> {
             seconds,
         } => {
             let load = LatencyLoad {
-                keys: s(keys, 50_000),
+                keys: s(keys, 200_000),
                 key_len: s(key_len, 100),
-                value_len: s(value_len, 100),
+                value_len: s(value_len, 8),
                 loops,
                 seconds: twice(seconds),
             };
@@ -1030,7 +1124,7 @@ fn print(name: &str, t: &Target, report: &anyhow::Result<Report>, probes: &Probe
             }
             (report.did.clone(), String::new())
         }
-        Err(err) => ("the attack stopped early".to_owned(), format!("{err:#}")),
+        Err(err) => ("the attack stopped early".to_owned(), brief(err)),
     };
     line += &format!(" error={} did={}", field_value(&error), field_value(&did));
     println!("{line}");

@@ -26,8 +26,10 @@ use crate::{KvError, telemetry};
 
 // ANCHOR: places
 /// How long a connection must have been quiet before a new client may take
-/// its place, unless told otherwise.
-pub const DEFAULT_QUIET_TIME: Duration = Duration::from_secs(1);
+/// its place, unless told otherwise: long enough that a connection in the
+/// middle of a request or an answer is never taken (its bytes flow), short
+/// enough that a new client of a full server waits little.
+pub const DEFAULT_QUIET_TIME: Duration = Duration::from_millis(250);
 
 /// The connections being served.
 pub(crate) struct Places {

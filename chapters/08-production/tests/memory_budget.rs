@@ -73,6 +73,11 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A server with this budget, on a free port, and `adjust` applied.
 async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> SocketAddr {
+    start_with(MemTable::new(), adjust).await
+}
+
+/// Like `start`, with `store` for its data.
+async fn start_with(store: MemTable, adjust: impl FnOnce(&mut ServerConfig)) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = ServerConfig::new(acceptor(&CERTS, false));
@@ -80,9 +85,7 @@ async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> SocketAddr {
     config.connection_memory = BUDGET;
     config.client_memory = 8 * BUDGET;
     adjust(&mut config);
-    let service = Service::builder(MemTable::new())
-        .max_answer(MAX_FRAME)
-        .build();
+    let service = Service::builder(store).max_answer(MAX_FRAME).build();
     tokio::spawn(async move { serve(listener, service, config).await.unwrap() });
     addr
 }
@@ -285,7 +288,69 @@ async fn a_message_published_to_subscribers_who_never_read_is_held_once() {
     drop((subscribers, listener, publisher));
     memory_comes_back(before, MIB).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_message_holds_only_its_own_bytes() {
+    let _turn = one_at_a_time().await;
+    let addr = start(|_| {}).await;
+    let listener = connect(addr).await;
+    let subscriber = listener.subscribe("news").await.unwrap();
+    let publisher = connect(addr).await;
+    let before = IN_USE.load(Relaxed);
+    // Each message is 64 KiB that do not compress and 1 MiB that do: its
+    // frame is about 64 KiB. The subscriber reads nothing, so after its
+    // stream's window (256 KiB) the messages wait in its queue.
+    let mut message = random_bytes(64 * 1024, 5);
+    message.resize(64 * 1024 + MIB, 0);
+    for _ in 0..12 {
+        let publish = CommandRequest::new_publish("news", vec![kv::Value::from(message.clone())]);
+        let answer = publisher.execute(publish).await.unwrap();
+        assert_eq!(answer.values, [kv::Value::from(1i64)], "{}", answer.message);
+    }
+    // Twelve frames of 64 KiB, and not twelve buffers of a megabyte.
+    let held = IN_USE.load(Relaxed).saturating_sub(before);
+    println!("{held} bytes held");
+    assert!(held <= 3 * MIB, "{held} bytes held");
+    drop((subscriber, listener, publisher));
+    memory_comes_back(before, MIB).await;
+}
 // ANCHOR_END: fan_out
+
+// ANCHOR: store_limit
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_that_compress_to_nothing_cannot_fill_the_store_past_its_limit() {
+    let _turn = one_at_a_time().await;
+    let limit = 8 * MIB;
+    let addr = start_with(MemTable::with_max_memory(limit), |_| {}).await;
+    let attacker = connect(addr).await;
+    let before = IN_USE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    // A megabyte of zeros is a kilobyte on the wire.
+    let mut full = 0;
+    for i in 0..20 {
+        let zeros = kv::Value::from(vec![0u8; MIB]);
+        let set = CommandRequest::new_hset("t", i.to_string(), zeros);
+        let answer = attacker.execute(set).await.unwrap();
+        if answer.status == 507 {
+            assert!(
+                answer.message.contains("memory is full"),
+                "{}",
+                answer.message
+            );
+            full += 1;
+        }
+    }
+    let waited = fresh_client_hget(addr).await;
+    let peak = peak_since(before);
+    println!("peak {peak} bytes, {full} of 20 refused, a fresh client in {waited:?}");
+    assert!(full >= 12, "at most eight megabytes fit");
+    assert!(
+        peak <= limit + BUDGET + ATTACKER,
+        "{peak} bytes at the peak"
+    );
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+}
+// ANCHOR_END: store_limit
 
 // ANCHOR: eviction
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,12 +10,11 @@ pub use topic::{
     MAX_TOPIC_LEN, Subscription,
 };
 
-use bytes::BytesMut;
-use prost::Message;
+use bytes::{Bytes, BytesMut};
 
 use crate::{
-    CommandRequest, CommandResponse, ConnectionBudget, DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN,
-    KvError, MemTable, RequestData, Storage, Value,
+    CommandRequest, CommandResponse, ConnectionBudget, DEFAULT_MAX_FRAME, FrameCoder, KvError,
+    MemTable, RequestData, Storage, Value,
 };
 
 // ANCHOR: command_service
@@ -155,9 +154,12 @@ impl<S: Storage> Service<S> {
         }
         let mut message = CommandResponse::from(data);
         self.before_send(&mut message);
-        let mut frame = BytesMut::with_capacity(HEADER_LEN + message.encoded_len());
+        let mut frame = BytesMut::new();
         message.encode_frame(&mut frame)?;
-        let reached = topics.publish(topic, frame.freeze());
+        // Queues may hold the frame for long: a buffer of its own size,
+        // not one that grew (or was compressed into) larger.
+        let frame = Bytes::copy_from_slice(&frame);
+        let reached = topics.publish(topic, frame);
         Ok(Value::from(reached as i64).into())
     }
 

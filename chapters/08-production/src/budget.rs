@@ -180,6 +180,11 @@ impl Held {
     /// Holds `more` bytes, or fails as [`ConnectionBudget::hold`] does and
     /// holds what it held before.
     pub fn grow(&mut self, more: usize) -> Result<(), KvError> {
+        // Nothing more always fits, even in a budget that `set_anyway`
+        // took past its limit.
+        if more == 0 {
+            return Ok(());
+        }
         let (account, server) = (&self.budget.account, &self.budget.server);
         if let Err(used) = add(&account.used, more, account.limit) {
             let limit = account.limit;

@@ -80,6 +80,7 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The defaults, with `tls` for the handshake.
     pub fn new(tls: TlsServerAcceptor) -> Self {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
@@ -216,13 +217,13 @@ where
         // A place among the connections served (perhaps a quiet one's),
         // or else among those being told why not.
         let admitted = places.take(peer.ip());
-        let telling = match &admitted {
+        let refusal_slot = match &admitted {
             Ok(_) => None,
             Err(refusal) => {
                 let reason = refusal.reason();
                 metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => reason).increment(1);
                 match Arc::clone(&refusing).try_acquire_owned() {
-                    Ok(telling) => Some(telling),
+                    Ok(slot) => Some(slot),
                     Err(_) => {
                         // A peer decides how often this happens: not a
                         // warning each time, but a count (above).
@@ -237,7 +238,7 @@ where
         let task = connection(stream, admitted, service, config, memory.clone());
         let task = async move {
             task.await;
-            drop(telling);
+            drop(refusal_slot);
         };
         connections.spawn(task.instrument(span));
     }
@@ -319,7 +320,9 @@ async fn connection<Store: Storage + 'static>(
 /// Serves the streams that the client opens on one connection (`io`, after
 /// the TLS handshake), each in a task of its own, until the connection
 /// ends, stays idle too long, or `config.shutdown` is cancelled. Returns
-/// once every stream's task has finished.
+/// once every stream's task has finished. The connection gets a memory
+/// budget of `config.client_memory` of its own: no other connection
+/// shares it.
 pub async fn serve_connection<S, Store>(
     io: S,
     service: Service<Store>,
@@ -359,7 +362,7 @@ where
     // the close from turning into a reset (see `linger`).
     let io = BufWriter::new(Lingering::new(io)).compat();
     let mut connection = Connection::new(io, yamux, Mode::Server);
-    let places = Arc::new(Semaphore::new(config.max_streams));
+    let stream_slots = Arc::new(Semaphore::new(config.max_streams));
     // Every stream of this connection says it belongs to this connection:
     // any of them may end the connection's subscriptions.
     let id = ConnectionId::new();
@@ -396,7 +399,7 @@ where
                 // What yamux may buffer for the stream before it is read,
                 // its window, is held for as long as the stream is open.
                 let mut window = budget.empty();
-                let admitted = admit_stream(refusal, config, &places, &mut window);
+                let admitted = admit_stream(refusal, config, &stream_slots, &mut window);
                 match admitted {
                     Ok(place) => {
                         let stream = MuxStream::new(stream, place, None);
@@ -411,9 +414,9 @@ where
                         tasks.spawn(task.instrument(span));
                     }
                     Err(err) => {
-                        // A refused stream holds no window: it is open only
-                        // while its answer is sent, and yamux refuses more
-                        // than twice `max_streams` at once.
+                        // A refused stream is open until its answer is
+                        // read: its window is counted, never refused.
+                        window.set_anyway(STREAM_WINDOW);
                         let stream = ProstServerStream::new(stream.compat(), service)
                             .write_timeout(config.write_timeout);
                         tasks.spawn(log_end(stream.refuse(err), window).instrument(span));
@@ -459,7 +462,7 @@ where
 fn admit_stream(
     refusal: Option<Refusal>,
     config: &ServerConfig,
-    places: &Arc<Semaphore>,
+    stream_slots: &Arc<Semaphore>,
     window: &mut Held,
 ) -> Result<OwnedSemaphorePermit, KvError> {
     if let Some(refusal) = refusal {
@@ -469,8 +472,8 @@ fn admit_stream(
         return Err(KvError::ShuttingDown);
     }
     let max = config.max_streams;
-    let place =
-        (Arc::clone(places).try_acquire_owned()).map_err(|_| KvError::TooManyStreams { max })?;
+    let place = (Arc::clone(stream_slots).try_acquire_owned())
+        .map_err(|_| KvError::TooManyStreams { max })?;
     window.grow(STREAM_WINDOW)?;
     Ok(place)
 }

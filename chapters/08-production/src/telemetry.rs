@@ -30,6 +30,7 @@ use crate::{CommandRequest, RequestData};
 // ANCHOR_END: imports
 
 // ANCHOR: names
+// The names of the metrics; `describe` says what each counts.
 pub const CONNECTIONS: &str = "kv_connections_total";
 pub const CONNECTIONS_OPEN: &str = "kv_connections_open";
 pub const CONNECTIONS_REJECTED: &str = "kv_connections_rejected_total";
@@ -53,7 +54,8 @@ pub fn describe() {
     describe_gauge!(CONNECTIONS_OPEN, "Connections served now.");
     describe_counter!(
         CONNECTIONS_REJECTED,
-        "Connections turned away, by reason: full, or out of file descriptors."
+        "Connections turned away, by reason: full, address (over its share), or accept \
+         (out of file descriptors, say)."
     );
     describe_counter!(
         CONNECTIONS_EVICTED,
@@ -134,6 +136,7 @@ fn status_label(status: u32) -> &'static str {
 pub struct Open(&'static str);
 
 impl Open {
+    /// Adds one to `gauge`, until the guard is dropped.
     pub fn new(gauge: &'static str) -> Self {
         gauge!(gauge).increment(1.0);
         Self(gauge)
@@ -264,9 +267,10 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prometheus sends a plain GET and reads the answer, so this is all of
 /// HTTP the endpoint needs. It reads at most a few kilobytes, for at most
 /// a few seconds, from at most a few clients at a time: the endpoint must
-/// not become a way to exhaust the server. A new client is never kept
-/// waiting by silent ones: when every place is taken, the client that has
-/// waited longest without sending a byte is closed to make room.
+/// not become a way to exhaust the server. Clients that send nothing, or
+/// send their request slowly, cannot keep a new one out: when every place
+/// is taken, the client that has waited longest without sending its whole
+/// request is closed to make room.
 pub async fn serve_metrics<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
 where
     F: Fn() -> String + Send + Sync + 'static,
@@ -287,7 +291,7 @@ where
             }
         };
         scrapes.retain(|scrape| !scrape.cancel.is_cancelled());
-        if scrapes.len() >= SCRAPERS && !close_a_silent_one(&mut scrapes) {
+        if scrapes.len() >= SCRAPERS && !close_an_unfinished_one(&mut scrapes) {
             debug!("metrics endpoint busy: closing a new client");
             continue;
         }
@@ -298,20 +302,19 @@ where
     }
 }
 
-/// A client of the endpoint: whether it has sent a byte, and its end,
-/// which the endpoint may bring forward.
+/// A client of the endpoint: whether its whole request has come, and its
+/// end, which the endpoint may bring forward.
 #[derive(Clone, Default)]
 struct Scrape {
-    heard: Arc<std::sync::atomic::AtomicBool>,
+    asked: Arc<std::sync::atomic::AtomicBool>,
     cancel: CancellationToken,
 }
 
-/// Closes the oldest client that has sent nothing yet, if there is one.
-fn close_a_silent_one(scrapes: &mut Vec<Scrape>) -> bool {
-    let silent = scrapes
-        .iter()
-        .position(|scrape| !scrape.heard.load(Relaxed));
-    let Some(oldest) = silent else {
+/// Closes the oldest client whose request has not all come yet, if there
+/// is one. (Those whose request has come are being answered, in moments.)
+fn close_an_unfinished_one(scrapes: &mut Vec<Scrape>) -> bool {
+    let unfinished = (scrapes.iter()).position(|scrape| !scrape.asked.load(Relaxed));
+    let Some(oldest) = unfinished else {
         return false;
     };
     scrapes.remove(oldest).cancel.cancel();
@@ -323,7 +326,7 @@ async fn serve_scrape<F>(stream: TcpStream, render: Arc<F>, scrape: Scrape)
 where
     F: Fn() -> String + Send + Sync + 'static,
 {
-    let answer = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &*render, &scrape.heard));
+    let answer = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &*render, &scrape.asked));
     let answered = tokio::select! {
         answered = answer => matches!(answered, Ok(Ok(()))),
         () = scrape.cancel.cancelled() => false,
@@ -334,12 +337,12 @@ where
     scrape.cancel.cancel(); // done: its place is free
 }
 
-/// Reads one request head (saying so in `heard` once a byte has come),
+/// Reads one request head (saying so in `asked` once it has all come),
 /// then writes the metrics and closes.
 async fn answer(
     mut stream: TcpStream,
     render: &(dyn Fn() -> String + Sync),
-    heard: &std::sync::atomic::AtomicBool,
+    asked: &std::sync::atomic::AtomicBool,
 ) -> io::Result<()> {
     let mut head = Vec::new();
     let mut reader = (&mut stream).take(MAX_REQUEST_HEAD);
@@ -347,8 +350,8 @@ async fn answer(
         if reader.read_buf(&mut head).await? == 0 {
             return Err(io::ErrorKind::InvalidData.into());
         }
-        heard.store(true, Relaxed);
     }
+    asked.store(true, Relaxed);
     let body = render();
     let head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
@@ -403,7 +406,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn silent_clients_cannot_keep_a_scrape_waiting() {
+    async fn slow_clients_cannot_keep_a_scrape_waiting() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -412,10 +415,13 @@ mod tests {
             || "kv_requests_total 3\n".to_owned(),
             shutdown.clone(),
         ));
-        // Ten times as many silent clients as there are places.
-        let mut silent = Vec::new();
+        // Ten times as many clients as there are places, that send a byte
+        // of a request, then nothing.
+        let mut slow = Vec::new();
         for _ in 0..10 * SCRAPERS {
-            silent.push(TcpStream::connect(addr).await.unwrap());
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(b"G").await.unwrap();
+            slow.push(client);
         }
         let started = std::time::Instant::now();
         let mut client = TcpStream::connect(addr).await.unwrap();

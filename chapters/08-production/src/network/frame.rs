@@ -128,11 +128,12 @@ pub(crate) fn decode_held<M: FrameCoder>(
             payload.len()
         )));
     }
+    let mut held = held;
     if !compressed {
-        return decode_counted(payload, max_len);
+        return decode_counted(payload, max_len, held);
     }
-    let inflated = inflate(payload, max_len, held)?;
-    decode_counted(&inflated, max_len)
+    let inflated = inflate(payload, max_len, held.as_deref_mut())?;
+    decode_counted(&inflated, max_len, held)
 }
 
 /// Inflates a gzip payload of at most `max_len` bytes. The buffer doubles
@@ -244,12 +245,21 @@ pub(crate) fn compresses(payload: &[u8]) -> bool {
 // ANCHOR_END: write_frame
 
 // ANCHOR: decode_counted
-/// Decodes `payload` if its entries are within the limit for `max_len`.
-fn decode_counted<M: FrameCoder>(payload: &[u8], max_len: usize) -> Result<M, KvError> {
+/// Decodes `payload` if its entries are within the limit for `max_len`;
+/// what they may cost once decoded ([`ENTRY_COST`] each) is held against
+/// `held` first, if given.
+fn decode_counted<M: FrameCoder>(
+    payload: &[u8],
+    max_len: usize,
+    held: Option<&mut Held>,
+) -> Result<M, KvError> {
     let entries = count_fields(payload, M::ENTRY_DEPTH, usize::MAX);
     let max = max_entries(max_len);
     if entries > max {
         return Err(KvError::TooManyEntries { entries, max });
+    }
+    if let Some(held) = held {
+        held.grow(entries * ENTRY_COST)?;
     }
     Ok(M::decode(payload)?)
 }

@@ -46,6 +46,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     Store: Storage + 'static,
 {
+    /// Serves `service` on `stream`, with no limits but the default frame
+    /// limit until the builder methods below set them.
     pub fn new(stream: S, service: Service<Store>) -> Self {
         Self {
             inner: ProstStream::new(stream),
@@ -204,7 +206,9 @@ where
     async fn queue(&mut self, response: CommandResponse) -> Result<(), KvError> {
         match within(self.write_timeout, self.inner.feed(response)).await {
             Err(err @ (KvError::ConnectionMemory { .. } | KvError::ServerMemory { .. })) => {
-                // No room for the answer now: a short one says why.
+                // No room for the answer now: a short one says why, once
+                // the answers before it have left.
+                self.flush().await?;
                 let mut refusal = self.service.refuse(&err);
                 refusal.message = format!("the request ran, but {}", refusal.message);
                 within(self.write_timeout, self.inner.feed(refusal)).await?;

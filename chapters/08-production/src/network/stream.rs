@@ -21,8 +21,8 @@ use tokio::{
 use tokio_util::io::poll_read_buf;
 
 use super::frame::{
-    DEFAULT_MAX_FRAME, FrameCoder, HEADER_LEN, INLINE_ENTRIES, INLINE_LIMIT, READ_CHUNK,
-    compresses, decode_held, decodes_inline, parse_header, write_frame,
+    DEFAULT_MAX_FRAME, ENTRY_COST, FrameCoder, HEADER_LEN, INLINE_ENTRIES, INLINE_LIMIT,
+    READ_CHUNK, compresses, decode_held, decodes_inline, parse_header, write_frame,
 };
 use crate::{ConnectionBudget, Held, KvError};
 // ANCHOR_END: imports
@@ -210,7 +210,7 @@ where
             room = room.min(HEADER_LEN + payload);
         }
         let room = room.max(len + 1);
-        hold(&mut self.read_held, room)?;
+        hold_room(&mut self.read_held, room)?;
         let mut grown = BytesMut::with_capacity(room);
         grown.extend_from_slice(&self.read_buf);
         self.read_buf = grown;
@@ -222,7 +222,7 @@ where
     /// Writes `write_buf` out, as far as the stream takes it now.
     fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), KvError>> {
         ready!(poll_write_all(&mut self.stream, cx, &mut self.write_buf))?;
-        if self.write_buf.capacity() > READ_CHUNK {
+        if self.write_held.bytes() > READ_CHUNK {
             // Empty, but large after a large frame: let the memory go.
             self.write_buf = BytesMut::new();
             self.write_held.set(0)?;
@@ -235,16 +235,19 @@ where
     }
 
     /// Makes room in `write_buf` for `more` bytes, held against the budget
-    /// before they are allocated; all but the first [`FREE_ROOM`].
+    /// before they are allocated (see `hold_room`).
     fn make_write_room(&mut self, more: usize) -> Result<(), KvError> {
         let (len, capacity) = (self.write_buf.len(), self.write_buf.capacity());
         if capacity - len >= more {
             return Ok(());
         }
-        hold(&mut self.write_held, (2 * capacity).max(len + more))?;
-        self.write_buf.reserve(more);
-        // `reserve` may have found room without growing: hold what it has.
-        let _ = hold(&mut self.write_held, self.write_buf.capacity());
+        // A buffer of its own rather than `reserve`, which may allocate more
+        // than this (it counts the part already written and cut off).
+        let room = (2 * capacity).max(len + more);
+        hold_room(&mut self.write_held, room)?;
+        let mut grown = BytesMut::with_capacity(room);
+        grown.extend_from_slice(&self.write_buf);
+        self.write_buf = grown;
         Ok(())
     }
 
@@ -313,10 +316,10 @@ where
 // ANCHOR_END: poll_encoding
 
 // ANCHOR: hold
-/// Holds `bytes` for a buffer: up to [`FREE_ROOM`] always (a short
+/// Holds `bytes` of room in a buffer: up to [`FREE_ROOM`] always (a short
 /// request or answer gets through even when the budget is full), more
 /// only if the budget has it.
-fn hold(held: &mut Held, bytes: usize) -> Result<(), KvError> {
+fn hold_room(held: &mut Held, bytes: usize) -> Result<(), KvError> {
     if bytes <= FREE_ROOM {
         held.set_anyway(bytes);
         return Ok(());
@@ -494,11 +497,15 @@ where
             return write_frame(payload, &mut this.write_buf);
         }
         // The payload, and the frame made of it: at most as large again.
-        let held = this.budget.hold(2 * len + HEADER_LEN)?;
+        // Held while encoding: the message's entries, its payload, and the
+        // frame made of it (at most as large again); then the frame alone.
+        let mut held = (this.budget).hold(item.entries() * ENTRY_COST + 2 * len + HEADER_LEN)?;
         this.encoding = Some(tokio::task::spawn_blocking(move || {
             let payload = payload.unwrap_or_else(|| item.encode_to_vec());
+            drop(item);
             let mut frame = BytesMut::with_capacity(HEADER_LEN + payload.len());
             write_frame(&payload, &mut frame)?;
+            held.set(frame.capacity())?;
             Ok((frame, held))
         }));
         Ok(())

@@ -278,6 +278,9 @@ async fn connection<Store: Storage + 'static>(
     if let Err(err) = stream.set_nodelay(true) {
         warn!(%err, "cannot set TCP_NODELAY");
     }
+    if let Err(err) = keep_alive(&stream) {
+        warn!(%err, "cannot turn on TCP keep-alive");
+    }
     // The handshake runs here, in the connection's own task, so a slow or
     // broken client never holds up the accept loop.
     let mut tcp = Metered::new(stream, seat.activity.clone());
@@ -339,6 +342,34 @@ where
         () = seat.close.cancelled() => Err(KvError::Evicted),
     }
 }
+
+// ANCHOR: keep_alive
+/// How long a connection may be silent before the kernel starts asking
+/// its peer whether it is still there, how often it asks, and how many
+/// unanswered questions end the connection. A quiet subscriber whose
+/// machine has gone (lost its power, say) is found within a minute and a
+/// half, and its connection closes; one that answers is left alone.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Turns TCP keep-alive on for `stream`, with the timings above.
+#[cfg(unix)]
+fn keep_alive(stream: &TcpStream) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(stream, KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(stream, KEEPALIVE_PROBES)?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn keep_alive(_stream: &TcpStream) -> std::io::Result<()> {
+    Ok(()) // elsewhere, the system's defaults
+}
+
+// ANCHOR_END: keep_alive
 
 /// The driver of one connection, in `seat`. A connection with a
 /// `refusal` gets only to hear it: its first stream is answered with a
@@ -496,3 +527,25 @@ async fn log_end(task: impl Future<Output = Result<(), KvError>>, window: Held) 
     }
 }
 // ANCHOR_END: serve_connection
+
+// ANCHOR: keep_alive_test
+#[cfg(all(test, unix))]
+mod tests {
+    use rustix::net::sockopt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_are_kept_alive_with_our_timings() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (_client, accepted) = tokio::join!(client, listener.accept());
+        let (server, _) = accepted.unwrap();
+        keep_alive(&server).unwrap();
+        assert!(sockopt::socket_keepalive(&server).unwrap());
+        assert_eq!(sockopt::tcp_keepidle(&server).unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(sockopt::tcp_keepintvl(&server).unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sockopt::tcp_keepcnt(&server).unwrap(), KEEPALIVE_PROBES);
+    }
+}
+// ANCHOR_END: keep_alive_test

@@ -162,6 +162,34 @@ pub fn least_connection_memory(
 // ANCHOR_END: config
 
 // ANCHOR: serve
+/// A new connection's place, or why it has none, and where to ask again.
+struct Admission {
+    admitted: Result<Ticket, Refusal>,
+    places: Arc<Places>,
+    peer: std::net::IpAddr,
+}
+
+impl Admission {
+    /// The place, or the refusal. A full server may have a connection
+    /// quiet enough in a moment: a new client refused for that waits
+    /// `quiet` (at most [`REFUSAL_TIME`]) and asks once more.
+    async fn settle(self, quiet: Duration) -> Result<Ticket, Refusal> {
+        match self.admitted {
+            Err(Refusal::Full { .. }) => {
+                tokio::time::sleep(quiet.min(REFUSAL_TIME)).await;
+                self.places.take(self.peer)
+            }
+            admitted => admitted,
+        }
+    }
+}
+
+/// Counts a connection refused a place.
+fn refused(refusal: Refusal) {
+    let reason = refusal.reason();
+    metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => reason).increment(1);
+}
+
 /// How many connections over the limit may be in the middle of being told
 /// so. Past this, an extra connection is closed without a word.
 const REFUSING: usize = 16;
@@ -219,23 +247,25 @@ where
         let admitted = places.take(peer.ip());
         let refusal_slot = match &admitted {
             Ok(_) => None,
-            Err(refusal) => {
-                let reason = refusal.reason();
-                metrics::counter!(telemetry::CONNECTIONS_REJECTED, "reason" => reason).increment(1);
-                match Arc::clone(&refusing).try_acquire_owned() {
-                    Ok(slot) => Some(slot),
-                    Err(_) => {
-                        // A peer decides how often this happens: not a
-                        // warning each time, but a count (above).
-                        debug!(%peer, reason, "closing a connection at once");
-                        continue;
-                    }
+            Err(refusal) => match Arc::clone(&refusing).try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    // A peer decides how often this happens: not a
+                    // warning each time, but a count.
+                    refused(*refusal);
+                    debug!(%peer, "closing a connection at once");
+                    continue;
                 }
-            }
+            },
         };
         let span = info_span!("connection", %peer);
         let (service, config) = (service.clone(), Arc::clone(&config));
-        let task = connection(stream, admitted, service, config, memory.clone());
+        let admission = Admission {
+            admitted,
+            places: Arc::clone(&places),
+            peer: peer.ip(),
+        };
+        let task = connection(stream, admission, service, config, memory.clone());
         let task = async move {
             task.await;
             drop(refusal_slot);
@@ -255,15 +285,18 @@ where
 /// ends early if the server closes it to make room.
 async fn connection<Store: Storage + 'static>(
     stream: TcpStream,
-    admitted: Result<Ticket, Refusal>,
+    admission: Admission,
     service: Service<Store>,
     config: Arc<ServerConfig>,
     memory: MemoryBudget,
 ) {
     info!("client connected");
-    let (ticket, refusal) = match admitted {
+    let (ticket, refusal) = match admission.settle(config.quiet_time).await {
         Ok(ticket) => (Some(ticket), None),
-        Err(refusal) => (None, Some(refusal)),
+        Err(refusal) => {
+            refused(refusal);
+            (None, Some(refusal))
+        }
     };
     let _open = ticket.is_some().then(|| {
         metrics::counter!(telemetry::CONNECTIONS).increment(1);

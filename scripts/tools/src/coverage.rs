@@ -126,7 +126,9 @@ pub fn compute(repo: &Repo, diffs: &[ChapterDiff]) -> Result<Vec<ChapterCoverage
             let mut shown = BTreeSet::new();
             for (target, part) in &links {
                 if *target == diff {
-                    shown.extend(changed.iter().copied());
+                    let diff_text = repo::read_string(&repo.root.join(&diff))?;
+                    let lines = lines_added_by(&diff_text, part, &new);
+                    shown.extend(changed.iter().filter(|n| lines.contains(n)).copied());
                 } else if *target == own {
                     let lines = included_lines(&new, part);
                     shown.extend(changed.iter().filter(|n| lines.contains(n)).copied());
@@ -233,6 +235,47 @@ pub fn changed_lines(old: &str, new: &str) -> Vec<usize> {
         .collect()
 }
 
+/// The 1-based line numbers of `new` (the chapter's file) whose added
+/// lines the part `part` of its generated diff `diff` shows. The diff
+/// leaves out anchor markers, so its line numbers count `new` without
+/// them; they are mapped back here.
+pub fn lines_added_by(diff: &str, part: &Part, new: &str) -> BTreeSet<usize> {
+    let is_marker = |line: &str| line.contains("ANCHOR:") || line.contains("ANCHOR_END:");
+    // Line n of `new` without markers is line real[n - 1] of `new`.
+    let real: Vec<usize> = (new.lines().enumerate())
+        .filter(|(_, l)| !is_marker(l))
+        .map(|(i, _)| i + 1)
+        .collect();
+    let included = included_lines(diff, part);
+    let mut shown = BTreeSet::new();
+    let mut new_line = 0; // the next line of `new` without markers
+    let mut in_hunk = false; // past the file header
+    for (i, line) in diff.lines().enumerate() {
+        if let Some(hunk) = line.strip_prefix("@@ ") {
+            new_line = hunk_start(hunk).unwrap_or(new_line);
+            in_hunk = true;
+        } else if !in_hunk {
+            // the `---` and `+++` lines that name the files
+        } else if line.starts_with('+') {
+            if included.contains(&(i + 1))
+                && let Some(&n) = real.get(new_line.wrapping_sub(1))
+            {
+                shown.insert(n);
+            }
+            new_line += 1;
+        } else if !line.starts_with('-') && !line.starts_with('\\') {
+            new_line += 1; // context
+        }
+    }
+    shown
+}
+
+/// The first new line of a hunk header's rest, `-a,b +c,d @@`: `c`.
+fn hunk_start(hunk: &str) -> Option<usize> {
+    let new = hunk.split_whitespace().find(|part| part.starts_with('+'))?;
+    new[1..].split(',').next()?.parse().ok()
+}
+
 /// The 1-based line numbers of `text` that an include of `part` takes.
 pub fn included_lines(text: &str, part: &Part) -> BTreeSet<usize> {
     let count = text.lines().count();
@@ -294,4 +337,24 @@ fn parse_not_shown(text: &str, path: &Path) -> Result<BTreeMap<(String, String),
         out.insert((field("chapter")?, field("path")?), field("reason")?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_of_a_diff_shows_the_lines_it_adds_and_no_others() {
+        // The file has an anchor marker, which the diff leaves out.
+        let new = "one\n// ANCHOR: x\ntwo\nthree\nfour\n// ANCHOR_END: x\nfive\n";
+        let diff = "--- a/f\n+++ b/f\n@@ -1,2 +1,5 @@\n one\n+two\n+three\n-old\n+four\n five\n";
+        let whole = lines_added_by(diff, &Part::Whole, new);
+        assert_eq!(whole, BTreeSet::from([3, 4, 5]), "two, three, four");
+        let range = Part::Lines {
+            start: Some(5),
+            end: Some(6),
+            bad_end: None,
+        };
+        assert_eq!(lines_added_by(diff, &range, new), BTreeSet::from([3, 4]));
+    }
 }

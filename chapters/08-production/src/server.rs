@@ -44,7 +44,8 @@ pub struct ServerConfig {
     pub max_streams: usize,
     /// How many bytes a connection's streams may have received and not yet
     /// read, all together: yamux's connection receive window. At least
-    /// 512 KiB per stream in `max_streams`.
+    /// 512 KiB per stream in `max_streams`; `None`, that least. What is set
+    /// above it counts against `connection_memory`.
     pub connection_window: Option<usize>,
     /// How many connections may be open at once. One more takes the place
     /// of the connection that has been quiet longest, at least
@@ -54,12 +55,14 @@ pub struct ServerConfig {
     /// How long a connection must have moved no byte before a new client
     /// of a full server may take its place.
     pub quiet_time: Duration,
-    /// How many of them may come from one IP address; `None`: any number.
+    /// How many connections may come from one IP address; `None`: any
+    /// number.
     pub max_per_address: Option<usize>,
     /// How many bytes one connection may make the server hold: frames
     /// being read and inflated, answers waiting to be sent, its
-    /// subscriptions' queues. Work past it is refused with a 429 error.
-    /// At least three times `max_frame`.
+    /// subscriptions' queues, its streams' windows. Work past it is
+    /// refused with a 429 error. At least three times `max_frame`, and
+    /// what a `connection_window` above the least adds.
     pub connection_memory: usize,
     /// How many bytes all connections together may make the server hold.
     /// Past it, work is refused with a 503 error, and the connection

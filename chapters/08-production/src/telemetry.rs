@@ -367,19 +367,37 @@ async fn answer(
 // ANCHOR: endpoint_test
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::task::JoinHandle;
+
     use super::*;
 
-    #[tokio::test]
-    async fn the_endpoint_answers_a_get_and_ignores_a_flood() {
+    /// An endpoint on a free port that serves one line, and its shutdown.
+    async fn endpoint() -> (SocketAddr, CancellationToken, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_metrics(
-            listener,
-            || "kv_requests_total 3\n".to_owned(),
-            shutdown.clone(),
-        ));
+        let render = || "kv_requests_total 3\n".to_owned();
+        let server = tokio::spawn(serve_metrics(listener, render, shutdown.clone()));
+        (addr, shutdown, server)
+    }
 
+    /// A scrape: a GET, and the whole reply.
+    async fn scrape(addr: SocketAddr) -> String {
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).await.unwrap();
+        reply
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_answers_a_get_and_ignores_a_flood() {
+        let (addr, shutdown, server) = endpoint().await;
         // A client that sends far more than a request head: cut off at
         // once, not when the scrape's time is up.
         let started = std::time::Instant::now();
@@ -391,30 +409,16 @@ mod tests {
         assert!(rest.is_empty(), "no answer to a head that never ends");
         assert!(started.elapsed() < SCRAPE_TIMEOUT / 2);
 
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut reply = String::new();
-        client.read_to_string(&mut reply).await.unwrap();
+        let reply = scrape(addr).await;
         assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
         assert!(reply.ends_with("\r\n\r\nkv_requests_total 3\n"), "{reply}");
-
         shutdown.cancel();
         server.await.unwrap();
     }
 
     #[tokio::test]
     async fn slow_clients_cannot_keep_a_scrape_waiting() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_metrics(
-            listener,
-            || "kv_requests_total 3\n".to_owned(),
-            shutdown.clone(),
-        ));
+        let (addr, shutdown, server) = endpoint().await;
         // Ten times as many clients as there are places, that send a byte
         // of a request, then nothing.
         let mut slow = Vec::new();
@@ -424,16 +428,10 @@ mod tests {
             slow.push(client);
         }
         let started = std::time::Instant::now();
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut reply = String::new();
-        client.read_to_string(&mut reply).await.unwrap();
+        let reply = scrape(addr).await;
         assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
-        assert!(
-            started.elapsed() < SCRAPE_TIMEOUT / 5,
-            "{:?}",
-            started.elapsed()
-        );
+        let waited = started.elapsed();
+        assert!(waited < SCRAPE_TIMEOUT / 5, "{waited:?}");
         shutdown.cancel();
         server.await.unwrap();
     }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{
     DEFAULT_CONNECTION_MEMORY, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS,
     DEFAULT_QUIET_TIME, DEFAULT_SUBSCRIBER_QUEUE, KvError, MAX_SUBSCRIBER_QUEUE,
+    limits::{DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, MAX_TIMEOUT},
     network::{connection_window, yamux_config},
     server::least_connection_memory,
 };
@@ -63,7 +64,7 @@ pub struct ServerTls {
 pub struct Limits {
     /// How many connections may be open at once. Without it, the limit
     /// follows from how many files the process may open (see
-    /// [`default_max_connections`]).
+    /// [`default_max_connections`](crate::limits::default_max_connections)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
     /// How many of them may come from one IP address. Without it, any
@@ -76,7 +77,8 @@ pub struct Limits {
     pub quiet_time: Duration,
     /// How many bytes of data the in-memory store may hold; past it,
     /// writes are refused. Without it, half of the memory the process may
-    /// use (see [`default_max_memory`]). Not used with `db`.
+    /// use (see [`default_max_memory`](crate::limits::default_max_memory)).
+    /// Not used with `db`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<usize>,
     /// How many streams a connection may have open at once.
@@ -96,7 +98,7 @@ pub struct Limits {
     /// How many bytes all connections together may make the server hold;
     /// past it, the connection holding the most is closed. Without it, a
     /// quarter of the memory the process may use (see
-    /// [`default_client_memory`]).
+    /// [`default_client_memory`](crate::limits::default_client_memory)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_memory: Option<usize>,
     /// How many messages may wait for a subscriber before it is dropped.
@@ -180,17 +182,8 @@ impl Default for ServerTls {
     }
 }
 
-/// How long a stream or connection may do nothing, unless told otherwise.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a frame may take to arrive, unless told otherwise.
-pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long an answer may wait for its reader, unless told otherwise.
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shutdown waits for requests in flight, unless told otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-/// The longest timeout accepted: a year. Much longer, and adding it to
-/// the time now would overflow.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -319,94 +312,6 @@ impl KvsConfig {
     }
 }
 // ANCHOR_END: check
-
-// ANCHOR: max_connections
-/// The file descriptors kept for everything but client connections: the
-/// listener, the database, logs, the metrics endpoint, and connections
-/// being told that the server is full.
-pub const RESERVED_FDS: usize = 64;
-
-/// The connection limit when none is set: as many as the process may open
-/// files, less [`RESERVED_FDS`], like Redis's `maxclients`. Past it,
-/// `accept` would fail with "too many open files", and every new client
-/// would be locked out until some connection closes.
-pub fn default_max_connections() -> usize {
-    let max_files = open_file_limit().unwrap_or(1024);
-    max_files.saturating_sub(RESERVED_FDS).max(1)
-}
-
-/// The soft limit on open files (`ulimit -n`), if there is one.
-#[cfg(unix)]
-fn open_file_limit() -> Option<usize> {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    limit.current.and_then(|n| usize::try_from(n).ok())
-}
-
-#[cfg(not(unix))]
-fn open_file_limit() -> Option<usize> {
-    None
-}
-// ANCHOR_END: max_connections
-
-// ANCHOR: memory_limit
-/// How much memory this process may use: the smallest of its address
-/// space limit (`ulimit -v`), its cgroup's `memory.max` (a container's
-/// limit) and the machine's physical memory. The memory budgets' defaults
-/// are shares of it, as the connection limit's is of the file limit.
-pub fn memory_available() -> usize {
-    let limits = [
-        address_space_limit(),
-        cgroup_memory_limit(),
-        physical_memory(),
-    ];
-    limits.into_iter().flatten().min().unwrap_or(1 << 30)
-}
-
-/// The soft limit on address space (`ulimit -v`), if there is one.
-#[cfg(unix)]
-fn address_space_limit() -> Option<usize> {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::As);
-    limit.current.and_then(|n| usize::try_from(n).ok())
-}
-
-#[cfg(not(unix))]
-fn address_space_limit() -> Option<usize> {
-    None
-}
-
-/// The `memory.max` of this process's cgroup (version 2), if it has one.
-fn cgroup_memory_limit() -> Option<usize> {
-    // "0::/some/path": the cgroup, below where cgroups are mounted.
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroup.lines().find_map(|line| line.strip_prefix("0::"))?;
-    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).ok()?;
-    max.trim().parse().ok() // "max" means none, and does not parse
-}
-
-/// The machine's memory, from `/proc/meminfo` ("MemTotal: 16318480 kB").
-fn physical_memory() -> Option<usize> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
-/// The in-memory store's limit when none is set: half of
-/// [`memory_available`]. Past the memory available the process is
-/// killed, and all its data with it; a full store only refuses writes.
-pub fn default_max_memory() -> usize {
-    memory_available() / 2
-}
-
-/// The budget of all client connections together when none is set: a
-/// quarter of [`memory_available`]. With the store's half, that leaves a
-/// quarter for the program itself, what each connection costs whatever
-/// it does (its TLS state, tasks and yamux's bookkeeping), and the
-/// allocator's slack.
-pub fn default_client_memory() -> usize {
-    memory_available() / 4
-}
-// ANCHOR_END: memory_limit
 
 // ANCHOR: client
 /// Everything `kvc` can be told, as its configuration file holds it.
@@ -563,28 +468,6 @@ mod tests {
         assert!(err.contains("kvs.toml") && err.contains("listen"), "{err}");
         let err = load::<KvsConfig>(&dir.path().join("missing.toml")).unwrap_err();
         assert!(err.to_string().contains("missing.toml"), "{err}");
-    }
-
-    #[test]
-    fn the_memory_available_is_at_most_the_address_space_limit() {
-        let available = memory_available();
-        assert!(available > 0);
-        assert!((1..available).contains(&default_max_memory()));
-        if let Some(limit) = address_space_limit() {
-            assert!(available <= limit, "{available} > {limit}");
-        }
-        if let Some(physical) = physical_memory() {
-            assert!(available <= physical, "{available} > {physical}");
-        }
-    }
-
-    #[test]
-    fn the_default_connection_limit_leaves_room_below_the_file_limit() {
-        let max = default_max_connections();
-        assert!(max >= 1);
-        if let Some(files) = open_file_limit() {
-            assert!(max + RESERVED_FDS <= files.max(RESERVED_FDS + 1), "{max}");
-        }
     }
 }
 // ANCHOR_END: tests

@@ -13,6 +13,7 @@ mod budget;
 mod certs;
 pub mod config;
 mod error;
+pub mod limits;
 mod network;
 mod pb;
 mod places;

@@ -20,7 +20,7 @@ use yamux::{Connection, Mode};
 use crate::{
     ConnectionId, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, Held, KvError, MemoryBudget, MuxStream,
     ProstServerStream, STREAM_WINDOW, Service, Storage, TlsServerAcceptor,
-    config::{
+    limits::{
         DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, MAX_TIMEOUT,
         default_client_memory, default_max_connections,
     },

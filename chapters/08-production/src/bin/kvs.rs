@@ -25,7 +25,8 @@ use clap::Parser;
 use kv::{
     DevCertPaths, DevCerts, KvsConfig, MemTable, RedbStore, ServerConfig, Service, Storage,
     TlsServerAcceptor,
-    config::{self, LogFormat, default_client_memory, default_max_connections, default_max_memory},
+    config::{self, LogFormat},
+    limits::{default_client_memory, default_max_connections, default_max_memory},
     serve, telemetry,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};

@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::diff::{self, ChapterDiff};
 use crate::repo::Repo;
 use crate::report::Problem;
-use crate::{coverage, includes, listings, lockstep, pages};
+use crate::{coverage, includes, length, listings, lockstep, pages};
 
 /// One of the checks of `repo-tools check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,18 +22,21 @@ pub enum Check {
     Coverage,
     /// Every listing of a chapter file names the file.
     Listings,
+    /// No page shows more than `length::MAX_VISIBLE` listing lines.
+    Length,
     /// Shared dependencies have the same versions and specs.
     Lockstep,
 }
 
 impl Check {
     /// All checks, in the order `check` runs them.
-    pub const ALL: [Check; 6] = [
+    pub const ALL: [Check; 7] = [
         Check::Diffs,
         Check::Includes,
         Check::Pages,
         Check::Coverage,
         Check::Listings,
+        Check::Length,
         Check::Lockstep,
     ];
 
@@ -45,6 +48,7 @@ impl Check {
             Check::Pages => "check-pages",
             Check::Coverage => "check-coverage",
             Check::Listings => "check-listings",
+            Check::Length => "check-length",
             Check::Lockstep => "check-lockstep",
         }
     }
@@ -68,6 +72,7 @@ impl Check {
             Check::Pages => pages::check(repo, diffs),
             Check::Coverage => coverage::check(repo, diffs),
             Check::Listings => listings::check(repo),
+            Check::Length => length::check(repo),
             Check::Lockstep => lockstep::check(repo),
         }
     }

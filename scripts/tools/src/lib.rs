@@ -5,6 +5,7 @@ pub mod checks;
 pub mod coverage;
 pub mod diff;
 pub mod includes;
+pub mod length;
 pub mod listings;
 pub mod lockstep;
 pub mod pages;

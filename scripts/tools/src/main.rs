@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use repo_tools::checks::{self, Check};
 use repo_tools::repo::Repo;
-use repo_tools::{coverage, diff};
+use repo_tools::{coverage, diff, length};
 
 /// Diffs between chapters and checks of the book.
 #[derive(Parser)]
@@ -53,6 +53,10 @@ enum Command {
     CheckCoverage,
     /// Every listing of a chapter file names the file in the paragraph before it.
     CheckListings,
+    /// No page shows more than 1,000 listing lines outside <details>.
+    CheckLength,
+    /// Print how many listing lines each page shows, folded or not.
+    Length,
     /// Print how many of each chapter's changed lines its pages show.
     Coverage,
     /// Dependencies shared by chapters have the same versions and specs.
@@ -101,6 +105,11 @@ fn run() -> Result<bool> {
         Command::CheckPages => &[Check::Pages],
         Command::CheckCoverage => &[Check::Coverage],
         Command::CheckListings => &[Check::Listings],
+        Command::CheckLength => &[Check::Length],
+        Command::Length => {
+            out.write_all(length::report(&repo)?.as_bytes())?;
+            return Ok(true);
+        }
         Command::Coverage => {
             let diffs = diff::chapter_diffs(&repo)?;
             let report = coverage::report(&coverage::compute(&repo, &diffs)?);

@@ -362,6 +362,7 @@ fn a_good_tree_passes_every_check() {
             "ok: check-pages",
             "ok: check-coverage",
             "ok: check-listings",
+            "ok: check-length",
             "ok: check-lockstep"
         ]
     );
@@ -811,4 +812,22 @@ fn check_listings_wants_the_file_named_before_each_listing() {
     );
     fake.edit("book/src/02-b.md", "Some code:", "In `src/extra.rs`:");
     fake.assert_passes(Check::Listings);
+}
+
+// ---- check-length -----------------------------------------------------------
+
+#[test]
+fn check_length_fails_past_the_limit_unless_the_listing_is_folded() {
+    let fake = Fake::new();
+    let long: String = (0..1001).map(|i| format!("line {i}\n")).collect();
+    fake.write("chapters/02-b/long.txt", &long);
+    let listing = "In `long.txt`:\n\n```text\n{{#include ../../chapters/02-b/long.txt}}\n```\n";
+    fake.write("book/src/02-b.md", &format!("{PAGE_02}\n{listing}"));
+    fake.assert_fails(
+        Check::Length,
+        &["book/src/02-b.md: shows 1001 listing lines, more than 1000: fold reference listings in <details>, or split the page"],
+    );
+    let folded = format!("<details><summary>long</summary>\n\n{listing}\n</details>\n");
+    fake.write("book/src/02-b.md", &format!("{PAGE_02}\n{folded}"));
+    fake.assert_passes(Check::Length);
 }

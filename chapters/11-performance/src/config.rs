@@ -15,7 +15,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{
     DEFAULT_CONNECTION_MEMORY, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS,
     DEFAULT_QUIET_TIME, DEFAULT_SUBSCRIBER_QUEUE, KvError, MAX_SUBSCRIBER_QUEUE,
-    limits::{DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, MAX_TIMEOUT},
+    limits::{
+        DEFAULT_FRAME_TIMEOUT, DEFAULT_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+        MAX_TIMEOUT,
+    },
     network::{connection_window, yamux_config},
     server::least_connection_memory,
 };
@@ -181,9 +184,6 @@ impl Default for ServerTls {
         }
     }
 }
-
-/// How long a shutdown waits for requests in flight, unless told otherwise.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 impl Default for Limits {
     fn default() -> Self {

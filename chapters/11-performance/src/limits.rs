@@ -10,10 +10,26 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an answer may wait for its reader, unless told otherwise.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for requests in flight, unless told otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// The longest timeout accepted: a year. Much longer, and adding it to
 /// the time now would overflow.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 // ANCHOR_END: timeouts
+
+// ANCHOR: seconds
+/// Reads a timeout given in seconds on the command line, `30` or `0.25`:
+/// more than 0, and at most [`MAX_TIMEOUT`].
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    match Duration::try_from_secs_f64(secs) {
+        Ok(timeout) if !timeout.is_zero() && timeout <= MAX_TIMEOUT => Ok(timeout),
+        _ => Err("must be more than 0 seconds and at most a year".into()),
+    }
+}
+// ANCHOR_END: seconds
 
 // ANCHOR: max_connections
 /// The file descriptors kept for everything but client connections: the
@@ -118,6 +134,17 @@ mod tests {
         if let Some(physical) = physical_memory() {
             assert!(available <= physical, "{available} > {physical}");
         }
+    }
+
+    #[test]
+    fn timeouts_are_seconds_from_a_little_over_0_to_a_year() {
+        assert_eq!(parse_seconds("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("30"), Ok(Duration::from_secs(30)));
+        for bad in ["0", "-1", "1e19", "NaN", "soon"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+        assert!(parse_seconds("-1").unwrap_err().contains("more than 0"));
+        assert!(parse_seconds("soon").unwrap_err().contains("`soon`"));
     }
 
     #[test]

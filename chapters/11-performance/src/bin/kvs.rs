@@ -18,15 +18,16 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use anyhow::Context;
 use clap::Parser;
 use kv::{
-    DevCertPaths, DevCerts, KvsConfig, MemTable, RedbStore, ServerConfig, Service, Storage,
-    TlsServerAcceptor,
+    DevCertPaths, DevCerts, KvsConfig, MAX_SUBSCRIBER_QUEUE, MemTable, RedbStore, ServerConfig,
+    Service, Storage, TlsServerAcceptor,
     config::{self, LogFormat},
-    limits::{default_client_memory, default_max_connections, default_max_memory},
+    limits::{default_client_memory, default_max_connections, default_max_memory, parse_seconds},
     serve, telemetry,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -63,7 +64,7 @@ struct Args {
     max_connections: Option<usize>,
 
     /// How many connections may come from one IP address.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_1)]
     max_per_address: Option<usize>,
 
     /// How many streams a connection may have open at once.
@@ -80,8 +81,49 @@ struct Args {
 
     /// How many bytes of data may be held in memory (without --db); past
     /// it, writes are refused.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = at_least_1)]
     max_memory: Option<usize>,
+
+    /// How many bytes a connection's streams may hold unread, together
+    /// [default: the least that works for --max-streams].
+    #[arg(long, value_name = "BYTES")]
+    connection_window: Option<usize>,
+
+    /// The largest request or answer, in bytes, before and after inflating.
+    #[arg(long, value_name = "BYTES", value_parser = at_least_1)]
+    max_frame: Option<usize>,
+
+    /// How many messages may wait for a subscriber; one that falls further
+    /// behind loses its subscription.
+    #[arg(long, value_name = "MESSAGES", value_parser = subscriber_queue)]
+    subscriber_queue: Option<usize>,
+
+    /// Seconds a connection must have been quiet before a new client of a
+    /// full server may take its place.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    quiet_time: Option<Duration>,
+
+    /// Seconds a client has to finish the TLS handshake.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    handshake_timeout: Option<Duration>,
+
+    /// Seconds a frame may take to arrive, once it has started.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    frame_timeout: Option<Duration>,
+
+    /// Seconds a stream may wait for its next request, and a connection
+    /// may stay without streams, before the server closes it.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    idle_timeout: Option<Duration>,
+
+    /// Seconds an answer may wait for the client to read it.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    write_timeout: Option<Duration>,
+
+    /// Seconds that requests in flight get to finish, on Ctrl-C or SIGTERM,
+    /// before kvs exits.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    grace: Option<Duration>,
 
     /// Serve Prometheus metrics over HTTP at this address.
     #[arg(long, value_name = "ADDR")]
@@ -102,6 +144,10 @@ struct Args {
     /// Require client certificates signed by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "PATH")]
     ca: Option<PathBuf>,
+
+    /// Where development certificates are kept when --cert is not given.
+    #[arg(long, value_name = "DIR")]
+    dev_certs: Option<PathBuf>,
 }
 
 impl Args {
@@ -121,9 +167,22 @@ impl Args {
         set(&mut limits.connection_memory, self.connection_memory);
         set(&mut limits.client_memory, self.client_memory.map(Some));
         set(&mut limits.max_memory, self.max_memory.map(Some));
+        set(
+            &mut limits.connection_window,
+            self.connection_window.map(Some),
+        );
+        set(&mut limits.max_frame, self.max_frame);
+        set(&mut limits.subscriber_queue, self.subscriber_queue);
+        set(&mut limits.quiet_time, self.quiet_time);
+        set(&mut limits.handshake_timeout, self.handshake_timeout);
+        set(&mut limits.frame_timeout, self.frame_timeout);
+        set(&mut limits.idle_timeout, self.idle_timeout);
+        set(&mut limits.write_timeout, self.write_timeout);
+        set(&mut config.shutdown.grace, self.grace);
         set(&mut config.metrics.listen, self.metrics.clone().map(Some));
         set(&mut config.log.format, self.log_format);
         set(&mut config.tls.ca, self.ca.clone().map(Some));
+        set(&mut config.tls.dev_certs, self.dev_certs.clone());
         if self.cert.is_some() {
             config.tls.cert.clone_from(&self.cert);
             config.tls.key.clone_from(&self.key);
@@ -155,6 +214,22 @@ fn parse_format(text: &str) -> Result<LogFormat, String> {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),
         _ => Err("use text or json".into()),
+    }
+}
+/// A count or a size of at least 1: with 0, the server would refuse all.
+fn at_least_1(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        parsed => parsed.map_err(|err| err.to_string()),
+    }
+}
+
+/// A subscriber's queue: from 1 to [`MAX_SUBSCRIBER_QUEUE`] messages.
+fn subscriber_queue(text: &str) -> Result<usize, String> {
+    match text.parse() {
+        Ok(queue) if (1..=MAX_SUBSCRIBER_QUEUE).contains(&queue) => Ok(queue),
+        Ok(_) => Err(format!("must be from 1 to {MAX_SUBSCRIBER_QUEUE}")),
+        Err(err) => Err(err.to_string()),
     }
 }
 // ANCHOR_END: args

@@ -63,7 +63,10 @@ pub const ENTRY_COST: usize = 256;
 pub const INLINE_LIMIT: usize = 256 * 1024;
 
 /// See [`INLINE_LIMIT`]: decoding, running or encoding an entry (a key, a
-/// pair, a value) takes about as long as copying a kilobyte.
+/// pair, a value) takes about as long as copying a kilobyte. A frame
+/// decoded in place is charged for its bytes but not for its entries (at
+/// [`ENTRY_COST`] each): this bound is also what keeps that uncharged part
+/// small, 16 KiB at most.
 pub const INLINE_ENTRIES: usize = 64;
 // ANCHOR_END: constants
 
@@ -202,22 +205,26 @@ impl FrameCoder for CommandResponse {
 
 // ANCHOR: write_frame
 /// Appends `payload` to `buf` as one frame: compressed if it is larger
-/// than [`COMPRESSION_LIMIT`] and looks compressible.
+/// than [`COMPRESSION_LIMIT`], looks compressible, and compressing shrinks
+/// it. The frame is never larger than the header and the payload: with
+/// room for those reserved, `buf` does not grow.
 pub(crate) fn write_frame(payload: &[u8], buf: &mut BytesMut) -> Result<(), KvError> {
     let start = buf.len();
     buf.put_u32(0); // the real header is written once the length is known
 
     let mut header = 0;
     if compresses(payload) {
+        // Room for one byte less than the payload, and no more: if gzip
+        // fails, as it does once its output does not fit (random bytes,
+        // say), the payload goes as it is.
+        let room = (&mut *buf).limit(payload.len() - 1).writer();
         // The fastest level: see the benchmark page.
-        let mut encoder = GzEncoder::new(buf.writer(), Compression::fast());
-        encoder.write_all(payload)?;
-        let buf = encoder.finish()?.into_inner();
-        let compressed_len = buf.len() - start - HEADER_LEN;
-        if compressed_len < payload.len() {
+        let mut encoder = GzEncoder::new(room, Compression::fast());
+        if encoder.write_all(payload).is_ok() && encoder.try_finish().is_ok() {
             header = COMPRESSED;
-        } else {
-            // It did not compress after all: send it as it is.
+        }
+        drop(encoder);
+        if header == 0 {
             buf.truncate(start + HEADER_LEN);
         }
     }

@@ -496,7 +496,6 @@ where
             this.make_write_room(HEADER_LEN + payload.len())?;
             return write_frame(payload, &mut this.write_buf);
         }
-        // The payload, and the frame made of it: at most as large again.
         // Held while encoding: the message's entries, its payload, and the
         // frame made of it (at most as large again); then the frame alone.
         let mut held = (this.budget).hold(item.entries() * ENTRY_COST + 2 * len + HEADER_LEN)?;
@@ -810,9 +809,10 @@ mod tests {
         // Compresses to a few bytes, but inflates to 100 kB.
         let (len, decodes) = inline(CommandRequest::new_hset("t", "k", "v".repeat(100_000)));
         assert!(len < INLINE_LIMIT && !decodes);
-        // Small, but too many entries.
-        let keys = (0..=INLINE_ENTRIES).map(|i| i.to_string());
-        let (len, decodes) = inline(CommandRequest::new_hmget("t", keys));
+        // The table counts too: with it, the most entries, then one more.
+        let keys = |count: usize| (0..count).map(|i| i.to_string());
+        assert!(inline(CommandRequest::new_hmget("t", keys(INLINE_ENTRIES - 1))).1);
+        let (len, decodes) = inline(CommandRequest::new_hmget("t", keys(INLINE_ENTRIES)));
         assert!(len < 1024 && !decodes);
     }
 

@@ -1,0 +1,204 @@
+// ANCHOR: imports
+//! The places among `max_connections`: who holds them, and which one a
+//! full server gives up to a new client.
+//!
+//! A connection that has moved no byte for a while is the cheapest to
+//! lose: its client can connect again when it needs to. So a new client
+//! of a full server takes the place of the connection that has been quiet
+//! longest (first among those with no stream open), as nginx closes idle
+//! keep-alive connections when it runs out. Only when every connection is
+//! busy is the new client refused.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{KvError, telemetry};
+// ANCHOR_END: imports
+
+// ANCHOR: places
+/// How long a connection must have been quiet before a new client may take
+/// its place, unless told otherwise: longer than the pauses of a client
+/// that is talking, short enough that a new client of a full server waits
+/// little. (A connection whose request runs longer, or whose reader is
+/// slower, may be taken too: the server is full, and it is the quietest.)
+pub const DEFAULT_QUIET_TIME: Duration = Duration::from_millis(250);
+
+/// The connections being served.
+pub(crate) struct Places {
+    max: usize,
+    per_address: Option<usize>,
+    quiet: Duration,
+    table: Mutex<HashMap<u64, (IpAddr, Arc<Seat>)>>,
+    next_id: AtomicU64,
+}
+
+/// What a connection's task shares with the table: when it last moved a
+/// byte, how many streams it has open, and the token that closes it.
+pub(crate) struct Seat {
+    pub(crate) activity: telemetry::Activity,
+    streams: AtomicUsize,
+    pub(crate) close: CancellationToken,
+}
+
+/// A place held; dropping it gives the place back.
+pub(crate) struct Ticket {
+    places: Arc<Places>,
+    id: u64,
+    pub(crate) seat: Arc<Seat>,
+}
+// ANCHOR_END: places
+
+// ANCHOR: take
+impl Places {
+    /// Room for `max` connections, at most `per_address` from one address;
+    /// a place may go to a new client once its connection has been quiet
+    /// for `quiet`.
+    pub(crate) fn new(max: usize, per_address: Option<usize>, quiet: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            per_address,
+            quiet,
+            table: Mutex::default(),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// A place for a connection from `peer`: a free one, or the place of
+    /// the connection that has been quiet longest, which is closed.
+    pub(crate) fn take(self: &Arc<Self>, peer: IpAddr) -> Result<Ticket, Refusal> {
+        let mut table = self.lock();
+        if let Some(max) = self.per_address {
+            let from_peer = table.values().filter(|(ip, _)| *ip == peer).count();
+            if from_peer >= max {
+                return Err(Refusal::Address { max });
+            }
+        }
+        if table.len() >= self.max {
+            let Some(quietest) = quietest(&table, self.quiet) else {
+                return Err(Refusal::Full { max: self.max });
+            };
+            let (_, seat) = table.remove(&quietest).expect("found in the table");
+            seat.close.cancel();
+            metrics::counter!(telemetry::CONNECTIONS_EVICTED, "reason" => "quiet").increment(1);
+        }
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let seat = Arc::new(Seat::new());
+        table.insert(id, (peer, Arc::clone(&seat)));
+        let places = Arc::clone(self);
+        Ok(Ticket { places, id, seat })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (IpAddr, Arc<Seat>)>> {
+        // Inserts and removes cannot panic half-way: take it anyway.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The connection that has been quiet longest, at least `quiet`: first
+/// among those with no stream open, then among the others.
+fn quietest(table: &HashMap<u64, (IpAddr, Arc<Seat>)>, quiet: Duration) -> Option<u64> {
+    table
+        .iter()
+        .filter(|(_, (_, seat))| seat.activity.quiet_for() >= quiet)
+        .min_by_key(|(_, (_, seat))| (seat.streams.load(Relaxed) > 0, seat.activity.last()))
+        .map(|(&id, _)| id)
+}
+
+/// Why a connection gets no place.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Refusal {
+    /// Every place is taken, by connections that are not quiet.
+    Full { max: usize },
+    /// Its address has as many connections as one address may.
+    Address { max: usize },
+}
+
+impl Refusal {
+    /// The label of the metric that counts refusals.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::Full { .. } => "full",
+            Refusal::Address { .. } => "address",
+        }
+    }
+}
+
+impl From<Refusal> for KvError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Full { max } => KvError::TooManyConnections { max },
+            Refusal::Address { max } => KvError::TooManyFromAddress { max },
+        }
+    }
+}
+
+impl Seat {
+    /// A connection that has just moved a byte, with no stream open.
+    pub(crate) fn new() -> Self {
+        Self {
+            activity: telemetry::Activity::now(),
+            streams: AtomicUsize::new(0),
+            close: CancellationToken::new(),
+        }
+    }
+
+    /// Says how many streams the connection has open.
+    pub(crate) fn set_streams(&self, open: usize) {
+        self.streams.store(open, Relaxed);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.places.lock().remove(&self.id);
+    }
+}
+// ANCHOR_END: take
+
+// ANCHOR: tests
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Long, so that no test is quiet by accident: they pretend.
+    const QUIET: Duration = Duration::from_secs(3600);
+    const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn a_full_server_gives_up_the_quietest_place_and_only_a_quiet_one() {
+        let places = Places::new(2, None, QUIET);
+        let busy = places.take(HOME).unwrap();
+        let quiet = places.take(HOME).unwrap();
+        // Neither has been quiet long enough yet.
+        let refused = KvError::from(places.take(HOME).err().unwrap());
+        assert_eq!(refused.status(), 503, "{refused}");
+        quiet.seat.activity.pretend_quiet_for(QUIET * 3);
+        busy.seat.activity.pretend_quiet_for(QUIET * 2);
+        busy.seat.set_streams(1);
+        let newcomer = places.take(HOME).unwrap();
+        assert!(quiet.seat.close.is_cancelled(), "quiet, and no stream open");
+        assert!(!busy.seat.close.is_cancelled());
+        drop((quiet, newcomer));
+        assert_eq!(places.lock().len(), 1, "dropped tickets give places back");
+    }
+
+    #[test]
+    fn one_address_gets_at_most_its_share() {
+        let places = Places::new(10, Some(2), QUIET);
+        let _held = [places.take(HOME).unwrap(), places.take(HOME).unwrap()];
+        let err = KvError::from(places.take(HOME).err().unwrap());
+        assert!(err.to_string().contains("one address"), "{err}");
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+        assert!(places.take(other).is_ok());
+    }
+}
+// ANCHOR_END: tests

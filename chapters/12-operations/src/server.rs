@@ -25,8 +25,8 @@ use crate::{
         default_client_memory, default_max_connections,
     },
     network::{Lingering, connection_window, linger, window_headroom, yamux_config},
-    places::{DEFAULT_QUIET_TIME, Places, Refusal, Seat, Ticket},
-    telemetry::{self, Metered, Open},
+    places::{DEFAULT_QUIET_TIME, Metered, Places, Refusal, Seat, Ticket},
+    telemetry::{self, Open},
 };
 
 // ANCHOR: config

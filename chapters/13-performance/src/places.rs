@@ -7,18 +7,24 @@
 //! of a full server takes the place of the connection that has been quiet
 //! longest (first among those with no stream open), as nginx closes idle
 //! keep-alive connections when it runs out. Only when every connection is
-//! busy is the new client refused.
+//! busy is the new client refused. `Metered`, around each connection's TCP
+//! stream, notes when it last moved a byte.
 
 use std::{
     collections::HashMap,
+    io,
     net::IpAddr,
+    pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, LazyLock, Mutex, MutexGuard,
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
-    time::Duration,
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
 };
 
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::{KvError, telemetry};
@@ -44,7 +50,7 @@ pub(crate) struct Places {
 /// What a connection's task shares with the table: when it last moved a
 /// byte, how many streams it has open, and the token that closes it.
 pub(crate) struct Seat {
-    pub(crate) activity: telemetry::Activity,
+    pub(crate) activity: Activity,
     streams: AtomicUsize,
     pub(crate) close: CancellationToken,
 }
@@ -145,7 +151,7 @@ impl Seat {
     /// A connection that has just moved a byte, with no stream open.
     pub(crate) fn new() -> Self {
         Self {
-            activity: telemetry::Activity::now(),
+            activity: Activity::now(),
             streams: AtomicUsize::new(0),
             close: CancellationToken::new(),
         }
@@ -163,6 +169,109 @@ impl Drop for Ticket {
     }
 }
 // ANCHOR_END: take
+
+// ANCHOR: activity
+/// When a connection last moved a byte, in or out. Clones share it.
+#[derive(Clone)]
+pub(crate) struct Activity(Arc<AtomicU64>);
+
+/// Milliseconds on a clock of this process. It starts a day in, so that
+/// a test can say "quiet for an hour" right after the process starts.
+fn millis() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64 + 86_400_000
+}
+
+impl Activity {
+    /// Activity that happened just now.
+    pub(crate) fn now() -> Self {
+        Self(Arc::new(AtomicU64::new(millis())))
+    }
+
+    fn touch(&self) {
+        self.0.store(millis(), Relaxed);
+    }
+
+    /// When it was, on this process's clock: earlier is smaller.
+    pub(crate) fn last(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+
+    /// How long it has been.
+    pub(crate) fn quiet_for(&self) -> Duration {
+        Duration::from_millis(millis().saturating_sub(self.last()))
+    }
+
+    /// Moves the last activity `ago` into the past.
+    #[cfg(test)]
+    pub(crate) fn pretend_quiet_for(&self, ago: Duration) {
+        self.0.store(millis() - ago.as_millis() as u64, Relaxed);
+    }
+}
+// ANCHOR_END: activity
+
+// ANCHOR: metered
+/// A connection that counts the bytes it reads and writes, as they cross
+/// the network (encrypted, with all headers), and notes when it last
+/// moved any.
+pub(crate) struct Metered<S> {
+    inner: S,
+    received: Counter,
+    sent: Counter,
+    activity: Activity,
+}
+
+impl<S> Metered<S> {
+    pub(crate) fn new(inner: S, activity: Activity) -> Self {
+        Self {
+            inner,
+            received: metrics::counter!(telemetry::BYTES_RECEIVED),
+            sent: metrics::counter!(telemetry::BYTES_SENT),
+            activity,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.received.increment(read as u64);
+            self.activity.touch();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        if n > 0 {
+            self.sent.increment(n as u64);
+            self.activity.touch();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+// ANCHOR_END: metered
 
 // ANCHOR: tests
 #[cfg(test)]

@@ -9,18 +9,13 @@
 
 use std::{
     io,
-    pin::Pin,
-    sync::{
-        Arc, LazyLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
-    task::{Context, Poll, ready},
-    time::{Duration, Instant},
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
 };
 
-use metrics::{Counter, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 use tokio_util::sync::CancellationToken;
@@ -149,109 +144,6 @@ impl Drop for Open {
     }
 }
 // ANCHOR_END: open
-
-// ANCHOR: activity
-/// When a connection last moved a byte, in or out. Clones share it.
-#[derive(Clone)]
-pub(crate) struct Activity(Arc<AtomicU64>);
-
-/// Milliseconds on a clock of this process. It starts a day in, so that
-/// a test can say "quiet for an hour" right after the process starts.
-fn millis() -> u64 {
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
-    START.elapsed().as_millis() as u64 + 86_400_000
-}
-
-impl Activity {
-    /// Activity that happened just now.
-    pub(crate) fn now() -> Self {
-        Self(Arc::new(AtomicU64::new(millis())))
-    }
-
-    fn touch(&self) {
-        self.0.store(millis(), Relaxed);
-    }
-
-    /// When it was, on this process's clock: earlier is smaller.
-    pub(crate) fn last(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
-
-    /// How long it has been.
-    pub(crate) fn quiet_for(&self) -> Duration {
-        Duration::from_millis(millis().saturating_sub(self.last()))
-    }
-
-    /// Moves the last activity `ago` into the past.
-    #[cfg(test)]
-    pub(crate) fn pretend_quiet_for(&self, ago: Duration) {
-        self.0.store(millis() - ago.as_millis() as u64, Relaxed);
-    }
-}
-// ANCHOR_END: activity
-
-// ANCHOR: metered
-/// A connection that counts the bytes it reads and writes, as they cross
-/// the network (encrypted, with all headers), and notes when it last
-/// moved any.
-pub struct Metered<S> {
-    inner: S,
-    received: Counter,
-    sent: Counter,
-    activity: Activity,
-}
-
-impl<S> Metered<S> {
-    pub(crate) fn new(inner: S, activity: Activity) -> Self {
-        Self {
-            inner,
-            received: counter!(BYTES_RECEIVED),
-            sent: counter!(BYTES_SENT),
-            activity,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.received.increment(read as u64);
-            self.activity.touch();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        if n > 0 {
-            self.sent.increment(n as u64);
-            self.activity.touch();
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-// ANCHOR_END: metered
 
 // ANCHOR: endpoint
 /// How many scrapes may be served at once.

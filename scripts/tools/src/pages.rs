@@ -16,7 +16,8 @@ use crate::report::Problem;
 /// chapter's page must exist; a later one's must exist, and together with
 /// the chapter's other pages (`book/src/NN-*.md`, such as an interlude)
 /// include the diff of every changed file (for an added file, the
-/// chapter's own file also counts).
+/// chapter's own file also counts; a removed file only needs its path
+/// named, in backquotes).
 pub fn check(repo: &Repo, diffs: &[ChapterDiff]) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
     let chapters = repo.chapters()?;
@@ -34,6 +35,7 @@ pub fn check(repo: &Repo, diffs: &[ChapterDiff]) -> Result<Vec<Problem>> {
             continue;
         }
         let mut shown = BTreeSet::new();
+        let mut texts = Vec::new();
         for page in chapter_pages(repo, &cd.chapter.nn())? {
             let text = repo::read_string(&page)?;
             let dir = page.parent().unwrap_or(&repo.root);
@@ -42,12 +44,20 @@ pub fn check(repo: &Repo, diffs: &[ChapterDiff]) -> Result<Vec<Problem>> {
                     .iter()
                     .map(|link| repo.rel(&normalize(dir, &link.path))),
             );
+            texts.push(text);
         }
         for file in &cd.files {
             let diff = cd.diff_path(file);
             let own = format!("chapters/{}/{}", cd.chapter.name, file.path);
             let own_counts = file.change == Change::Added;
             if shown.contains(&diff) || (own_counts && shown.contains(&own)) {
+                continue;
+            }
+            // A removed file needs no listing: naming it says it is gone.
+            let named = texts
+                .iter()
+                .any(|text| text.contains(&format!("`{}`", file.path)));
+            if file.change == Change::Removed && named {
                 continue;
             }
             let include = diff.trim_start_matches("book/src/");

@@ -546,6 +546,25 @@ fn check_pages_reports_a_changed_file_the_page_never_shows() {
 }
 
 #[test]
+fn check_pages_takes_a_removed_file_named_on_the_page() {
+    let fake = Fake::new();
+    fake.edit(
+        "book/src/02-b.md",
+        "{{#include diffs/02/notes.txt.diff}}",
+        "",
+    );
+    fake.assert_fails(
+        Check::Pages,
+        &["book/src/02-b.md: never shows notes.txt (removed): add {{#include diffs/02/notes.txt.diff}}"],
+    );
+    fake.write(
+        "book/src/02-b.md",
+        &format!("{}\n`notes.txt` is gone.\n", fake.read("book/src/02-b.md")),
+    );
+    fake.assert_passes(Check::Pages);
+}
+
+#[test]
 fn check_pages_counts_the_diff_of_an_added_file_and_any_range() {
     let fake = Fake::new();
     fake.edit(

@@ -169,28 +169,37 @@ struct Admission {
     admitted: Result<Ticket, Refusal>,
     places: Arc<Places>,
     peer: std::net::IpAddr,
+    /// A place among the connections being told why not, if refused.
+    refusing: Option<OwnedSemaphorePermit>,
 }
 
 impl Admission {
     /// The place, or the refusal. A full server may have a connection
     /// quiet enough in a moment: a new client refused for that waits
-    /// `quiet` (at most [`REFUSAL_TIME`]) and asks once more.
-    async fn settle(self, quiet: Duration) -> Result<Ticket, Refusal> {
-        match self.admitted {
+    /// `quiet` (at most [`REFUSAL_TIME`]) and asks once more. A client
+    /// refused for good keeps its place among those being told why (the
+    /// permit returned); one admitted gives it back at once.
+    async fn settle(
+        self,
+        quiet: Duration,
+    ) -> (Result<Ticket, Refusal>, Option<OwnedSemaphorePermit>) {
+        let admitted = match self.admitted {
             Err(Refusal::Full { .. }) => {
                 tokio::time::sleep(quiet.min(REFUSAL_TIME)).await;
                 self.places.take(self.peer)
             }
             admitted => admitted,
-        }
+        };
+        let refusing = self.refusing.filter(|_| admitted.is_err());
+        (admitted, refusing)
     }
 }
 
 /// How many connections over the limit may be in the middle of being told
 /// so. Past this, an extra connection is closed without a word.
 const REFUSING: usize = 16;
-/// How long a connection over the limit gets, from its accept, to finish
-/// its handshake and hear why it is refused. Short, so that clients that
+/// How long a connection refused for good gets to finish its handshake
+/// and hear why. Short, so that clients that
 /// stall cannot keep the refusing places.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
@@ -239,7 +248,7 @@ where
         // A place among the connections served (perhaps a quiet one's),
         // or else among those being told why not.
         let admitted = places.take(peer.ip());
-        let refusal_slot = match &admitted {
+        let refusing = match &admitted {
             Ok(_) => None,
             Err(_) => match Arc::clone(&refusing).try_acquire_owned() {
                 Ok(slot) => Some(slot),
@@ -256,12 +265,9 @@ where
             admitted,
             places: Arc::clone(&places),
             peer: peer.ip(),
+            refusing,
         };
         let task = connection(stream, admission, service, config, memory.clone());
-        let task = async move {
-            task.await;
-            drop(refusal_slot);
-        };
         connections.spawn(task);
     }
     // No new connections; the ones open end their streams and close.
@@ -284,7 +290,8 @@ async fn connection<Store: Storage + 'static>(
 ) {
     let peer = admission.peer;
     info!(%peer, "client connected");
-    let (ticket, refusal) = match admission.settle(config.quiet_time).await {
+    let (admitted, _refusing) = admission.settle(config.quiet_time).await;
+    let (ticket, refusal) = match admitted {
         Ok(ticket) => (Some(ticket), None),
         Err(refusal) => (None, Some(refusal)),
     };
@@ -566,3 +573,37 @@ mod tests {
     }
 }
 // ANCHOR_END: keep_alive_test
+
+#[cfg(test)]
+mod admission_tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_admitted_on_its_second_try_gives_its_refusing_place_back() {
+        let quiet = Duration::from_millis(10);
+        let places = Places::new(1, None, quiet);
+        let peer = IpAddr::from([127, 0, 0, 1]);
+        let first = places.take(peer).unwrap();
+        let refused = places.take(peer);
+        assert!(matches!(refused, Err(Refusal::Full { .. })));
+        let refusing = Arc::new(Semaphore::new(1));
+        let permit = Arc::clone(&refusing).try_acquire_owned().unwrap();
+        let admission = Admission {
+            admitted: refused,
+            places,
+            peer,
+            refusing: Some(permit),
+        };
+        // The first connection goes quiet while the second waits.
+        first
+            .seat
+            .activity
+            .pretend_quiet_for(Duration::from_secs(1));
+        let (admitted, kept) = admission.settle(quiet).await;
+        assert!(admitted.is_ok());
+        assert!(kept.is_none());
+        assert_eq!(refusing.available_permits(), 1);
+    }
+}

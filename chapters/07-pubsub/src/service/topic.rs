@@ -247,6 +247,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The subscription's id, which `Unsubscribe` names.
     pub fn id(&self) -> u32 {
         self.id
     }

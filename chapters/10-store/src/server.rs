@@ -367,6 +367,7 @@ fn keep_alive(_stream: &TcpStream) -> std::io::Result<()> {
 
 // ANCHOR_END: keep_alive
 
+// ANCHOR: drive
 /// The driver of one connection, in `seat`. A connection with a
 /// `refusal` gets only to hear it: its first stream is answered with a
 /// 503 error, and the connection closes.
@@ -477,6 +478,7 @@ where
     }
     result
 }
+// ANCHOR_END: drive
 
 /// Whether a connection takes a new stream: not if the connection has a
 /// `refusal`, the connection has as many streams open as it may, or its

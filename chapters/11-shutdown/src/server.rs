@@ -397,6 +397,7 @@ fn keep_alive(_stream: &TcpStream) -> std::io::Result<()> {
 
 // ANCHOR_END: keep_alive
 
+// ANCHOR: drive
 /// The driver of one connection, in `seat`. A connection with a
 /// `refusal` gets only to hear it: its first stream is answered with a
 /// 503 error, and the connection closes.
@@ -511,6 +512,7 @@ where
     }
     result
 }
+// ANCHOR_END: drive
 
 /// Whether a connection takes a new stream: not if the connection has a
 /// `refusal`, the server is shutting down, the connection has as many

@@ -6,7 +6,7 @@
 //! kvc subscribe news       (prints messages until Ctrl-C)
 //! kvc publish news hello int:42
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use kv::{
     Client, CommandRequest, CommandResponse, KvcConfig, Kvpair, RequestData, TlsClientConnector,
-    Value, config,
+    Value, config, limits::parse_seconds,
 };
 use tokio::net::TcpStream;
 // ANCHOR_END: imports
@@ -53,6 +53,14 @@ struct Args {
     /// The private key of --cert (PEM).
     #[arg(long, value_name = "PATH", requires = "cert")]
     key: Option<PathBuf>,
+
+    /// Seconds to connect and finish the TLS handshake [default: 10].
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    connect_timeout: Option<Duration>,
+
+    /// Seconds to wait for an answer [default: 30].
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    request_timeout: Option<Duration>,
 
     #[command(subcommand)]
     command: Command,
@@ -136,6 +144,12 @@ impl Args {
         if self.cert.is_some() {
             config.cert.clone_from(&self.cert);
             config.key.clone_from(&self.key);
+        }
+        if let Some(timeout) = self.connect_timeout {
+            config.connect_timeout = timeout;
+        }
+        if let Some(timeout) = self.request_timeout {
+            config.request_timeout = timeout;
         }
         config.check().with_context(|| match &self.config {
             Some(path) => format!("bad settings in {} or the flags", path.display()),

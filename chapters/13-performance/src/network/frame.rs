@@ -516,6 +516,21 @@ mod tests {
     }
 
     #[test]
+    fn an_incompressible_payload_never_grows_the_buffer_past_its_room() {
+        for len in [COMPRESSION_LIMIT + 1, 4096, 100_000] {
+            let payload = random_bytes(len);
+            // After a frame already there, room for the header and payload.
+            let mut buf = BytesMut::with_capacity(3 + HEADER_LEN + len);
+            buf.extend_from_slice(b"abc");
+            let room = buf.capacity();
+            write_frame(&payload, &mut buf).unwrap();
+            assert_eq!(header_of(&buf[3..]), (false, len));
+            assert_eq!(&buf[3 + HEADER_LEN..], payload);
+            assert_eq!(buf.capacity(), room, "{len} bytes: the buffer grew");
+        }
+    }
+
+    #[test]
     fn random_bytes_do_not_look_compressible_and_text_does() {
         let text = "Shall I compare thee to a summer's day? ".repeat(100);
         let json: String = (0..2000)

@@ -1,5 +1,6 @@
 // ANCHOR: imports
-//! The client's end of a connection.
+//! The client's end of one stream of frames: one of a connection's yamux
+//! streams.
 
 use futures::{SinkExt, StreamExt, stream::FusedStream};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -9,8 +10,8 @@ use crate::{CommandRequest, CommandResponse, KvError};
 // ANCHOR_END: imports
 
 // ANCHOR: client_stream
-/// The client's end of a connection: sends a request, waits for its
-/// response.
+/// The client's end of one stream of frames: sends a request, waits
+/// for its response.
 pub struct ProstClientStream<S> {
     inner: ProstStream<S, CommandResponse, CommandRequest>,
     /// Requests sent whose answers have not been read yet.

@@ -1,5 +1,6 @@
 // ANCHOR: imports
-//! The server's end of one connection.
+//! The server's end of one stream of frames: one of a connection's yamux
+//! streams.
 
 use std::time::Duration;
 
@@ -17,8 +18,8 @@ use crate::{
 // ANCHOR_END: imports
 
 // ANCHOR: server_stream
-/// The server's end of one connection: reads requests, runs them, writes
-/// the responses, until the client hangs up.
+/// The server's end of one stream of frames: reads requests, runs them,
+/// writes the responses, until the client closes the stream.
 pub struct ProstServerStream<S, Store = MemTable> {
     inner: ProstStream<S, CommandRequest, CommandResponse>,
     service: Service<Store>,

@@ -1,5 +1,6 @@
 // ANCHOR: imports
-//! The server's end of one connection.
+//! The server's end of one stream of frames: one of a connection's yamux
+//! streams.
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,8 @@ const MAX_UNSENT: usize = 64;
 const SUBSCRIBER_MAX_FRAME: usize = 4 * 1024;
 
 // ANCHOR: server_stream
-/// The server's end of one connection: reads requests, runs them, writes
-/// the responses, until the client hangs up.
+/// The server's end of one stream of frames: reads requests, runs them,
+/// writes the responses, until the client closes the stream.
 pub struct ProstServerStream<S, Store = MemTable> {
     inner: ProstStream<S, CommandRequest, CommandResponse>,
     service: Service<Store>,

@@ -57,6 +57,7 @@ fn open_file_limit() -> Option<usize> {
 }
 // ANCHOR_END: max_connections
 
+// ANCHOR: tests
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,3 +82,4 @@ mod tests {
         }
     }
 }
+// ANCHOR_END: tests

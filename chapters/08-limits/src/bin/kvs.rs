@@ -106,6 +106,7 @@ struct Args {
     dev_certs: PathBuf,
 }
 
+// ANCHOR: parsers
 /// Overrides a setting with a flag that was given.
 fn set<T>(setting: &mut T, flag: Option<T>) {
     if let Some(value) = flag {
@@ -129,6 +130,7 @@ fn subscriber_queue(text: &str) -> Result<usize, String> {
         Err(err) => Err(err.to_string()),
     }
 }
+// ANCHOR_END: parsers
 // ANCHOR_END: args
 
 // ANCHOR: main
@@ -198,6 +200,7 @@ fn init_logs() {
 // ANCHOR_END: logs
 
 // ANCHOR: server_config
+// ANCHOR: settings
 /// The server's settings from the flags, with its TLS set up; a flag not
 /// given keeps the default of [`ServerConfig::new`].
 fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
@@ -216,6 +219,7 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
     server.check()?;
     Ok(server)
 }
+// ANCHOR_END: settings
 
 /// The TLS setup the flags ask for: the given certificate, or development
 /// certificates, generated if they do not exist yet.
